@@ -1,0 +1,65 @@
+"""Jitted, batched inference: encode faces, decode them as the other (or the same) identity.
+
+`load_run(workdir)` restores a trained run's config, model and parameters; `make_swap_fn` gives the
+function conversion calls on every batch of aligned faces (uint8 in, float32 in [0, 1] out).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxswap import models, parallel
+from jaxswap.checkpoint import Checkpointer
+from jaxswap.errors import JaxswapError
+
+IDENTITY_INDEX = {"a": 0, "b": 1}
+
+
+def swap(params, faces: jax.Array, *, model: models.FaceSwapAutoencoder, to: int) -> dict:
+  """faces: uint8 (B,H,W,3) aligned crops -> {"rgb": (B,H,W,3), ["mask": (B,H,W,1)]} float32."""
+  x = faces.astype(jnp.float32) / 255.0
+  out = model.apply({"params": params}, x, to, method=model.swap)
+  return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+
+def make_swap_fn(model: models.FaceSwapAutoencoder, to: str | int, mesh=None):
+  """Batch split over the mesh's "data" axis; the batch size must divide by the device count."""
+  to = IDENTITY_INDEX[to] if isinstance(to, str) else int(to)
+  mesh = mesh or parallel.make_mesh()
+  repl, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  return jax.jit(functools.partial(swap, model=model, to=to), in_shardings=(repl, split),
+                 out_shardings=split)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise JaxswapError(f"--workdir={workdir} has no config.json: not a jaxswap training run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, step: int | None = None, mesh=None):
+  """(config, model, params) of the latest (or given) checkpoint of a training run."""
+  config = load_config(workdir)
+  model = models.create_model(config)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise JaxswapError(f"--workdir={workdir} has no checkpoint yet: train first")
+    mesh = mesh or parallel.make_mesh()
+    abstract = jax.eval_shape(functools.partial(models.init_params, model, jax.random.PRNGKey(0)))
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
+        abstract)
+    params = ckpt.restore_params(step, abstract)
+  finally:
+    ckpt.close()
+  return config, model, params

@@ -1,0 +1,443 @@
+"""Training: one jitted, data-parallel step for both identities; orbax checkpoints; exact resume.
+
+    python -m jaxswap.train --config configs/original.py --workdir runs/x [--config.KEY=VALUE]
+
+Re-running with the same workdir resumes from its latest checkpoint. Data order and augmentation
+depend only on (seed, step, process index), so a run that is killed and resumed ends with the same
+parameters, bit for bit, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxswap import augment, data, losses, media, models, parallel, previews
+from jaxswap.checkpoint import Checkpointer
+from jaxswap.errors import JaxswapError
+
+log = logging.getLogger("jaxswap.train")
+
+# The fields that fix the parameter shapes: a workdir never resumes with different ones.
+ARCHITECTURE_KEYS = ("model.name", "model.learn_mask", "image_size")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # constant; step s draws its randomness from fold_in(rng, s)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and state
+# --------------------------------------------------------------------------------------------
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  lr: Any = cfg.learning_rate
+  if cfg.warmup_steps:
+    lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+  if cfg.name == "adam":
+    opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif cfg.name == "adamw":
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif cfg.name == "sgd":
+    opt = optax.sgd(lr)
+  else:
+    raise JaxswapError(f"--config.optimizer.name={cfg.name!r}: expected adam, adamw or sgd")
+  if cfg.clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+  return opt
+
+
+def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransformation,
+                 seed: int) -> TrainState:
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = models.init_params(model, init_rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=train_rng)
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(rng, batch: dict, identity: str, cfg) -> augment.Augmented:
+  """uint8 host batch of one identity -> augmented float32 input/target/masks on device."""
+  images = batch[f"image_{identity}"].astype(jnp.float32) / 255.0
+  extras = jnp.concatenate([batch[f"mask_{identity}"], batch[f"priority_{identity}"]], -1)
+  return augment.augment(rng, images, extras.astype(jnp.float32) / 255.0, cfg.augment)
+
+
+def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augmented):
+  out_a, out_b = model.apply({"params": params}, aug_a.inputs, aug_b.inputs)
+  total, metrics = 0.0, {}
+  for name, out, aug in (("a", out_a, aug_a), ("b", out_b, aug_b)):
+    loss, terms = losses.reconstruction_loss(
+        out["rgb"], aug.targets, config.loss, mask=aug.extras[..., 0:1],
+        priority=aug.extras[..., 1:2], pred_mask=out.get("mask"))
+    total += loss
+    metrics[f"loss_{name}"] = loss
+    metrics.update({f"{k}_{name}": v for k, v in terms.items()})
+  metrics["loss"] = total
+  return total, metrics
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
+  """One update on both identities. Pure: everything it depends on is in (state, batch)."""
+  rng_a, rng_b = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  aug_a = _prepare(rng_a, batch, "a", config)
+  aug_b = _prepare(rng_b, batch, "b", config)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  grads, metrics = grad_fn(state.params, model, config, aug_a, aug_b)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)  # inf/NaN here means the update broke the net
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(model, tx, config, mesh) -> Callable:
+  """The jitted step: state replicated, batch split over "data", state buffers donated."""
+  repl, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+                 in_shardings=(repl, split), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def eval_losses(params, batch: dict, *, model, config) -> dict:
+  """Validation: reconstruction loss on un-augmented faces."""
+  def clean(ident):
+    img = batch[f"image_{ident}"].astype(jnp.float32) / 255.0
+    ext = jnp.concatenate([batch[f"mask_{ident}"], batch[f"priority_{ident}"]], -1) / 255.0
+    return augment.Augmented(img, img, ext.astype(jnp.float32))
+  _, metrics = loss_fn(params, model, config, clean("a"), clean("b"))
+  return {f"val_{k}": v for k, v in metrics.items() if k.startswith("loss")}
+
+
+# --------------------------------------------------------------------------------------------
+# Workdir, config checks
+# --------------------------------------------------------------------------------------------
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def architecture(config) -> dict:
+  return {k: _get(config, k) for k in ARCHITECTURE_KEYS}
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuses (before writing anything) a workdir that belongs to a different network."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+      old = {k: _get(saved, k) for k in ARCHITECTURE_KEYS}
+    except (ValueError, KeyError) as e:
+      raise JaxswapError(f"{path} is not a jaxswap config ({e}); use a fresh --workdir") from None
+    new = architecture(config)
+    if old != new:
+      diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old[k] != new[k])
+      raise JaxswapError(f"--workdir={workdir} holds a run of a different architecture ({diff}); "
+                         "use a fresh --workdir or the original config")
+
+
+def enable_compilation_cache(setting: str, workdir: str) -> None:
+  if not setting:
+    return
+  path = setting
+  if setting == "auto":
+    path = os.path.join(os.path.dirname(os.path.abspath(workdir)), ".jax_cache")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def validate(config) -> None:
+  models.create_model(config)
+  for key in ("steps", "batch_size", "checkpoint_every", "log_every", "preview_every"):
+    if _get(config, key) <= 0:
+      raise JaxswapError(f"--config.{key}={_get(config, key)} must be positive")
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+
+
+class MetricWriter:
+  """JSONL + tensorboardX, written by process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(workdir)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for k, v in metrics.items():
+      self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = True) -> TrainState:
+  """Trains (or resumes) until config.steps; returns the final state."""
+  validate(config)
+  check_workdir(config, workdir)
+  enable_compilation_cache(config.compilation_cache, workdir)
+  is_main = jax.process_index() == 0
+
+  # Mesh, model, optimiser.
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  model = models.create_model(config)
+  tx = make_optimizer(config.optimizer)
+
+  # Input.
+  loader = data.StepLoader(config.data.dir, config.data.name, config.data.split,
+                           config.batch_size, seed=config.seed,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count(), workers=config.data.workers,
+                           prefetch=config.data.prefetch)
+  if loader.spec.image_size != config.image_size:
+    raise JaxswapError(
+        f"dataset {config.data.name!r} in {config.data.dir!r} holds {loader.spec.image_size} px "
+        f"faces but --config.image_size={config.image_size} (model {config.model.name!r})")
+
+  # State: fresh or restored.
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
+                      keep=config.keep_checkpoints)
+  repl = parallel.replicated(mesh)
+  init = jax.jit(functools.partial(create_state, model, tx, config.seed), out_shardings=repl)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    meta = ckpt.meta(latest)
+    if meta.get("architecture") != architecture(config):
+      raise JaxswapError(f"checkpoint {ckpt.directory}/{latest} was written by "
+                         f"{meta.get('architecture')}, not {architecture(config)}")
+    state = ckpt.restore(latest, jax.eval_shape(init))
+    log.info("resumed from step %d", latest)
+  else:
+    state = init()
+  if is_main:
+    media.write_bytes(os.path.join(workdir, "config.json"),
+                      json.dumps(config.to_dict(), indent=2).encode())
+  meta = {"architecture": architecture(config), "config": config.to_dict()}
+
+  # Compile once, ahead of time.
+  step_fn = make_train_step(model, tx, config, mesh)
+  start = int(jax.device_get(state.step))
+  example = parallel.global_batch(loader.batch(start), mesh)
+  compiled = step_fn.lower(state, example).compile()
+  _log_memory(compiled)
+
+  grid_fn = previews.make_grid_fn(model, min(config.preview_faces, config.batch_size), mesh)
+  val_batch = _validation_batch(config, mesh)
+  preview_batch = val_batch if val_batch is not None else example
+  eval_fn = jax.jit(functools.partial(eval_losses, model=model, config=config))
+  writer = MetricWriter(workdir, is_main)
+
+  bar = _progress(start, config.steps, progress and is_main)
+  pending: list[tuple[int, dict]] = []  # device metrics not yet fetched: fetching blocks dispatch
+
+  def drain() -> list[tuple[int, dict]]:
+    rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
+    pending.clear()
+    _check_finite(rows, ckpt)
+    return rows
+
+  t_last, step_last = time.perf_counter(), start
+  try:
+    for step, host_batch in loader.iterate(start, config.steps):
+      state, metrics = compiled(state, parallel.global_batch(host_batch, mesh))
+      done = step + 1
+      pending.append((done, metrics))
+      if done % config.log_every == 0 or done == config.steps:
+        rows = drain()
+        now = time.perf_counter()
+        egs = 2 * config.batch_size * (done - step_last) / (now - t_last)
+        t_last, step_last = now, done
+        last = dict(rows[-1][1], egs_per_sec=egs)
+        writer.write(done, last)
+        bar.set_postfix(loss_a=f"{last['loss_a']:.4f}", loss_b=f"{last['loss_b']:.4f}",
+                        egs=f"{egs:.1f}")
+      if done % config.preview_every == 0 or done == config.steps:
+        if val_batch is not None:
+          writer.write(done, {k: float(v) for k, v in
+                              jax.device_get(eval_fn(state.params, val_batch)).items()})
+        image = grid_fn(state.params, preview_batch)
+        if is_main:
+          previews.write(workdir, done, image, run=os.path.abspath(workdir))
+      if done % config.checkpoint_every == 0 and done != config.steps:
+        drain()  # never save a state whose loss went non-finite
+        ckpt.save(done, state, meta)
+      bar.update(1)
+    drain()
+    final = int(jax.device_get(state.step))
+    if final != ckpt.latest_step():
+      ckpt.save(final, state, meta, force=True)
+  except KeyboardInterrupt:
+    # Ctrl-C: keep what was learnt if it is sound; rerunning resumes from there.
+    rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
+    final = int(jax.device_get(state.step))
+    if all(np.isfinite(m["loss"]) and np.isfinite(m["param_norm"]) for _, m in rows) and final != ckpt.latest_step():
+      ckpt.save(final, state, meta, force=True)
+      log.warning("interrupted: saved step %d", final)
+    raise
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  return state
+
+
+def _check_finite(rows, ckpt: Checkpointer) -> None:
+  for s, m in rows:
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["param_norm"])):
+      ckpt.wait()
+      kept = ckpt.latest_step()
+      raise JaxswapError(
+          f"training diverged at step {s} (loss_a={m['loss_a']}, loss_b={m['loss_b']}, "
+          f"parameter norm {m['param_norm']}); "
+          f"stopped without saving. The last good checkpoint is step {kept}. Lower "
+          "--config.optimizer.learning_rate or set --config.optimizer.clip_norm, then rerun.")
+
+
+def _validation_batch(config, mesh):
+  try:
+    val = data.StepLoader(config.data.dir, config.data.name, "validation", config.batch_size,
+                          seed=config.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count(), workers=1)
+  except JaxswapError:
+    return None  # no validation split: nothing to report
+  return parallel.global_batch(val.batch(0), mesh)
+
+
+def _log_memory(compiled) -> None:
+  try:
+    mem = compiled.memory_analysis()
+  except NotImplementedError:
+    return
+  if mem is not None:
+    log.info("step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
+             mem.argument_size_in_bytes / 2**20, mem.output_size_in_bytes / 2**20,
+             mem.temp_size_in_bytes / 2**20)
+
+
+class _NoBar:
+  def update(self, n):
+    pass
+
+  def set_postfix(self, **kw):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress(start: int, total: int, enabled: bool):
+  if not enabled:
+    return _NoBar()
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def setup_logging() -> None:
+  """jaxswap's own messages at INFO; libraries (orbax's per-save chatter) at WARNING."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+  root = logging.getLogger("jaxswap")
+  root.handlers[:] = [handler]
+  root.setLevel(logging.INFO)
+  root.propagate = False
+
+
+def main(argv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  del argv
+  FLAGS = flags.FLAGS
+  parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                                  auto=FLAGS.distributed_auto)
+  setup_logging()
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+  """Console entry point: user errors print one line and exit with status 2."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, previews.")
+  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for multi-process runs.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_bool("distributed_auto", False,
+                    "Let jax.distributed.initialize() detect TPU pod / SLURM settings.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except JaxswapError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag or config key is a one-line error with exit status 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, ValueError, FileNotFoundError) as e:
+    msg = str(e).strip().splitlines()
+    print(f"error: {msg[-1] if msg else e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,45 @@
+"""Eight simulated CPU devices, set before anything imports jax."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402  (after XLA_FLAGS on purpose)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A small synthetic two-identity TFDS dataset (64 px), built once per test session."""
+  from jaxswap import data
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.build_synthetic(path, num_frames=96, image_size=64, num_shards=2)
+  return path
+
+
+def tiny_config(data_dir, **overrides):
+  """configs/tiny.py shrunk for tests; overrides are dotted keys."""
+  from configs import tiny
+  config = tiny.get_config()
+  config.data.dir = data_dir
+  config.data.name = "jaxswap_synthetic"
+  config.batch_size = 8
+  config.steps = 4
+  config.log_every = 2
+  config.preview_every = 2
+  config.checkpoint_every = 2
+  config.preview_faces = 2
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

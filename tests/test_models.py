@@ -1,0 +1,101 @@
+"""Model specs: parameter counts from the published layer lists, pixel-shuffle order, shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxswap import models
+
+
+def conv(k, cin, cout):
+  return k * k * cin * cout + cout
+
+
+def dense(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+def abstract_params(name, learn_mask=False, dtype=jnp.float32):
+  m = models.FaceSwapAutoencoder(models.VARIANTS[name], learn_mask, dtype)
+  return jax.eval_shape(lambda: models.init_params(m, jax.random.PRNGKey(0)))
+
+
+def test_original_parameter_count_matches_2017_network():
+  encoder = (conv(5, 3, 128) + conv(5, 128, 256) + conv(5, 256, 512) + conv(5, 512, 1024)
+             + dense(4 * 4 * 1024, 1024) + dense(1024, 4 * 4 * 1024) + conv(3, 1024, 4 * 512))
+  decoder = conv(3, 512, 4 * 256) + conv(3, 256, 4 * 128) + conv(3, 128, 4 * 64) + conv(5, 64, 3)
+  p = abstract_params("original")
+  assert models.count_params(p["encoder"]) == encoder == 69_662_976
+  assert models.count_params(p["decoder_a"]) == models.count_params(p["decoder_b"]) == decoder
+  assert models.count_params(p) == encoder + 2 * decoder
+  assert round(models.count_params(p) / 1e6, 1) == 82.1
+
+
+def test_lightweight_parameter_count():
+  encoder = (conv(5, 3, 128) + conv(5, 128, 256) + conv(5, 256, 512)
+             + dense(8 * 8 * 512, 512) + dense(512, 4 * 4 * 512) + conv(3, 512, 4 * 256))
+  decoder = conv(3, 256, 4 * 512) + conv(3, 512, 4 * 256) + conv(3, 256, 4 * 128) + conv(5, 128, 3)
+  p = abstract_params("lightweight")
+  assert models.count_params(p["encoder"]) == encoder
+  assert models.count_params(p) == encoder + 2 * decoder
+
+
+def test_learned_mask_branch_mirrors_the_rgb_branch():
+  p = abstract_params("original", learn_mask=True)
+  d = p["decoder_a"]
+  rgb = sum(models.count_params(v) for k, v in d.items() if k.startswith("rgb"))
+  mask = sum(models.count_params(v) for k, v in d.items() if k.startswith("mask"))
+  assert mask == rgb - conv(5, 64, 3) + conv(5, 64, 1)
+
+
+def test_pixel_shuffle_channel_order_is_rh_rw_c():
+  # One pixel, 2x2 blocks of 2 channels: channel index = (i * r + j) * C + c.
+  x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 1, 8)
+  y = models.pixel_shuffle(x, 2)
+  expected = np.array([[[0, 1], [2, 3]], [[4, 5], [6, 7]]], np.float32)  # [i][j][c]
+  np.testing.assert_array_equal(np.asarray(y[0]), expected)
+  # And on a larger map, block (h, w) holds input pixel (h, w).
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 12))
+  y = models.pixel_shuffle(x, 2)
+  for i in range(2):
+    for j in range(2):
+      np.testing.assert_array_equal(np.asarray(y[:, i::2, j::2, :]),
+                                    np.asarray(x[..., (i * 2 + j) * 3:(i * 2 + j + 1) * 3]))
+
+
+@pytest.mark.parametrize("name", sorted(models.VARIANTS))
+def test_forward_shapes_every_variant(name):
+  spec = models.VARIANTS[name]
+  m = models.FaceSwapAutoencoder(spec, learn_mask=True)
+  s = spec.image_size
+  x = jnp.zeros((2, s, s, 3))
+  params = jax.eval_shape(lambda: models.init_params(m, jax.random.PRNGKey(0)))
+  out_a, out_b = jax.eval_shape(lambda p: m.apply({"params": p}, x, x), params)
+  for out in (out_a, out_b):
+    assert out["rgb"].shape == (2, s, s, 3) and out["mask"].shape == (2, s, s, 1)
+    assert out["rgb"].dtype == jnp.float32
+
+
+def test_tiny_outputs_are_images_and_decoders_differ():
+  m = models.FaceSwapAutoencoder(models.VARIANTS["tiny"], learn_mask=True)
+  params = models.init_params(m, jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  to_a = m.apply({"params": params}, x, 0, method=m.swap)["rgb"]
+  to_b = m.apply({"params": params}, x, 1, method=m.swap)["rgb"]
+  assert float(to_a.min()) >= 0 and float(to_a.max()) <= 1
+  assert float(jnp.abs(to_a - to_b).mean()) > 1e-3  # independent decoders
+  own_a, own_b = m.apply({"params": params}, x, x)
+  np.testing.assert_allclose(own_a["rgb"], to_a, atol=1e-6)
+  np.testing.assert_allclose(own_b["rgb"], to_b, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  m = models.FaceSwapAutoencoder(models.VARIANTS["tiny"], dtype=jnp.bfloat16)
+  params = models.init_params(m, jax.random.PRNGKey(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  out, _ = m.apply({"params": params}, x, x)
+  ref, _ = models.FaceSwapAutoencoder(models.VARIANTS["tiny"]).apply({"params": params}, x, x)
+  assert out["rgb"].dtype == jnp.float32
+  np.testing.assert_allclose(out["rgb"], ref["rgb"], atol=0.05)
