@@ -1,0 +1,126 @@
+"""Video + photos -> extracted faces -> jaxswap_faces (TFDS) -> the loader -> one train step."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxswap import alignments
+from jaxswap import data
+from jaxswap import data_faces
+from jaxswap import geometry as g
+from tests.test_extract import astronaut, similarity, write_video
+from tools import prepare_dataset
+
+pytest.importorskip("skimage.data")
+SIZE = 64
+
+
+def write_photos(folder, n: int = 12) -> None:
+  """Person "b": the astronaut recoloured (another skin/suit tone), turned a little per photo."""
+  os.makedirs(folder)
+  hsv = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2HSV)
+  hsv[..., 0] = (hsv[..., 0].astype(int) + 20) % 180
+  recoloured = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+  for i in range(n):
+    m = similarity(-12 + 2 * i, 0.9, 0, 0)
+    cv2.imwrite(os.path.join(folder, f"photo{i}.jpg"),
+                cv2.warpAffine(recoloured, m, (512, 512), borderMode=cv2.BORDER_REFLECT101))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("prep")
+  video = str(root / "astro.mp4")
+  write_video(video)
+  photos = str(root / "photos")
+  write_photos(photos)
+  out = str(root / "dataset")
+  result = prepare_dataset.prepare([video], [photos], out, size=SIZE, progress=False)
+  return {"video": video, "photos": photos, "out": out, "result": result}
+
+
+def test_splits_are_contiguous_frame_blocks(prepared):
+  res = prepared["result"]
+  # a: 30 frames -> last 3 validate, 3 more (a tenth) left out as the gap; b: 12 photos, no gap.
+  assert res["splits"] == {"train_a": 24, "validation_a": 3, "train_b": 11, "validation_b": 1}
+  assert res["built"] and 1 <= res["shards"] <= 4
+  out = prepared["out"]
+  train = data.open_split(out, "jaxswap_faces", "train", "a")
+  val = data.open_split(out, "jaxswap_faces", "validation", "a")
+  train_frames = sorted(int(train[i]["frame"]) for i in range(len(train)))
+  val_frames = sorted(int(val[i]["frame"]) for i in range(len(val)))
+  assert train_frames == list(range(24)) and val_frames == [27, 28, 29]
+
+
+def test_records_match_the_extracted_faces(prepared):
+  out = prepared["out"]
+  folder = os.path.join(out, "extracted", "a", "astro")
+  doc = alignments.load(os.path.join(folder, "alignments.json"))
+  by_frame = {f["frame"]: f["faces"][0] for f in doc["frames"]}
+  source = data.open_split(out, "jaxswap_faces", "train", "a")
+  for i in (0, len(source) - 1):
+    rec = source[i]
+    face = by_frame[int(rec["frame"])]
+    assert rec["source"].decode() == prepared["video"] and rec["identity"] == 0
+    crop = cv2.imread(alignments.face_path(folder, doc, face))
+    expected = cv2.cvtColor(cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_AREA),
+                            cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(data.decode_png(rec["image"], 3), expected)
+    mask = cv2.imread(alignments.mask_path(folder, doc, face, "components"), 0)
+    np.testing.assert_array_equal(
+        data.decode_png(rec["mask"], 1)[..., 0],
+        cv2.resize(mask, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+    # Landmarks: the frame points through the stored matrix, then the 256 -> 64 resize.
+    aligned = g.transform_points(alignments.matrix(face), alignments.landmarks(face))
+    np.testing.assert_allclose(rec["landmarks"], (aligned + 0.5) * SIZE / 256 - 0.5, atol=1e-3)
+    priority = data.decode_png(rec["priority"], 1)[..., 0] > 0
+    eyes = np.round(rec["landmarks"][[159, 386]]).astype(int)  # upper eyelid centres
+    assert priority[eyes[:, 1], eyes[:, 0]].all()
+
+
+def test_unchanged_inputs_reuse_the_dataset(prepared):
+  out = prepared["out"]
+  dirs = prepare_dataset.extracted_dirs
+  kwargs = dict(image_size=SIZE, min_face=SIZE / 2, min_blur=10.0)
+  again = data_faces.build_faces(out, dirs(out, "a", [prepared["video"]]),
+                                 dirs(out, "b", [prepared["photos"]]), **kwargs)
+  assert not again["built"] and again["splits"] == prepared["result"]["splits"]
+
+
+def test_prepare_cli_prints_the_train_command(prepared, capsys):
+  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+                               prepared["out"], "--quiet"])
+  out = capsys.readouterr().out
+  assert code == 0 and "unchanged, reused" in out
+  assert (f"python -m jaxswap.train --config configs/original.py --workdir runs/dataset "
+          f"--config.data.dir={prepared['out']} --config.data.name=jaxswap_faces") in out
+
+
+def test_same_person_twice_is_refused(prepared, capsys):
+  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["video"], "--output",
+                               prepared["out"] + "_x", "--quiet"])
+  assert code == 2 and "same input" in capsys.readouterr().err
+
+
+def test_filters_that_leave_nothing_are_an_error(prepared, capsys):
+  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+                               prepared["out"], "--min-face", "5000", "--quiet"])
+  err = capsys.readouterr().err
+  assert code == 2 and "no usable training faces of identity 'a'" in err and "small" in err
+
+
+@pytest.mark.slow
+def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
+  train = pytest.importorskip("jaxswap.train")
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.dir = prepared["out"]
+  config.data.name = "jaxswap_faces"
+  config.image_size = SIZE
+  config.steps = 1
+  config.batch_size = 8
+  state = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  assert int(state.step) == 1
+  assert os.path.exists(tmp_path / "run" / "metrics.jsonl")

@@ -1,0 +1,1 @@
+"""Command-line tools around the jaxswap core (OpenCV + mediapipe); the core never imports them."""
