@@ -55,12 +55,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dir = ""  # TFDS data_dir; empty means ~/tensorflow_datasets
   c.data.name = "jaxswap_faces"  # jaxswap_faces | jaxswap_synthetic (builder name, optionally :version)
   c.data.split = "train"
+  # Parts each split is cut into; each process reads its own parts. 0 = one per process. Fix it
+  # (e.g. 8) to keep the exact data order when resuming with a different number of processes.
+  c.data.shards = 0
   c.data.prefetch = 2  # host batches decoded ahead of the step
   c.data.workers = 2  # decode threads
 
   # Persistent XLA compilation cache: "auto" = <workdir>/../.jax_cache (shared by sibling runs),
   # "" = off, anything else = that folder. A restarted run then starts in seconds.
   c.compilation_cache = "auto"
+
+  c.profile_steps = 0  # >0: jax.profiler trace of that many steps into <workdir>/profile
 
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3

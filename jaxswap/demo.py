@@ -19,7 +19,6 @@ import sys
 import time
 
 import cv2
-import jax
 import numpy as np
 
 from jaxswap import data, evaluate, media, swap, synthetic

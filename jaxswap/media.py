@@ -32,9 +32,22 @@ def provenance(kind: str, **details) -> dict:
           "digital_source_type": IPTC_SYNTHETIC, **details}
 
 
+def _read_umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give; mkstemp alone gives 0600
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
-  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+  """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
+
+  A kill at any moment leaves the old file or the new one, never a torn one; at worst a
+  `.tmp-*` file beside it.
+  """
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)
@@ -45,7 +58,10 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
+  except OSError as e:
+    raise JaxswapError(f"cannot write {path}: {e.strerror}") from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -28,9 +28,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       raise JaxswapError("--coordinator, --num_processes and --process_id must be given together")
     if not 0 <= process_id < num_processes:
       raise JaxswapError(f"--process_id={process_id} is outside [0, {num_processes})")
-    if jax.default_backend() == "cpu" or jax.config.jax_platforms in ("cpu",):
-      # CPU collectives across processes need gloo.
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives of the CPU backend go through gloo (no effect on GPU/TPU). No
+    # jax call that starts a backend may come before initialize().
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
   elif auto:
     jax.distributed.initialize()

@@ -231,8 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loader = data.StepLoader(config.data.dir, config.data.name, config.data.split,
                            config.batch_size, seed=config.seed,
                            process_index=jax.process_index(),
-                           process_count=jax.process_count(), workers=config.data.workers,
-                           prefetch=config.data.prefetch)
+                           process_count=jax.process_count(), shards=config.data.shards,
+                           workers=config.data.workers, prefetch=config.data.prefetch)
   if loader.spec.image_size != config.image_size:
     raise JaxswapError(
         f"dataset {config.data.name!r} in {config.data.dir!r} holds {loader.spec.image_size} px "
@@ -281,11 +281,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _check_finite(rows, ckpt)
     return rows
 
+  # The trace starts two steps in, once the loader and the first dispatches have settled.
+  profile_start = start + 2 if config.profile_steps > 0 and is_main else -1
   t_last, step_last = time.perf_counter(), start
   try:
-    for step, host_batch in loader.iterate(start, config.steps):
-      state, metrics = compiled(state, parallel.global_batch(host_batch, mesh))
+    place = functools.partial(parallel.global_batch, mesh=mesh)
+    for step, batch in loader.iterate(start, config.steps, place=place):
+      if step == profile_start:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, metrics = compiled(state, batch)
       done = step + 1
+      if done == profile_start + config.profile_steps:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        log.info("profile of steps %d-%d written to %s/profile", profile_start, done, workdir)
       pending.append((done, metrics))
       if done % config.log_every == 0 or done == config.steps:
         rows = drain()
@@ -342,7 +351,8 @@ def _validation_batch(config, mesh):
   try:
     val = data.StepLoader(config.data.dir, config.data.name, "validation", config.batch_size,
                           seed=config.seed, process_index=jax.process_index(),
-                          process_count=jax.process_count(), workers=1)
+                          process_count=jax.process_count(), shards=config.data.shards,
+                          workers=1)
   except JaxswapError:
     return None  # no validation split: nothing to report
   return parallel.global_batch(val.batch(0), mesh)
@@ -418,8 +428,11 @@ def run() -> None:
   flags.DEFINE_bool("distributed_auto", False,
                     "Let jax.distributed.initialize() detect TPU pod / SLURM settings.")
   flags.mark_flags_as_required(["config", "workdir"])
+  # --num-processes / --process-id spellings too, as jax.distributed names them.
+  argv = [a.replace("--num-processes", "--num_processes").replace("--process-id", "--process_id")
+          .replace("--distributed-auto", "--distributed_auto") for a in sys.argv]
   try:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
   except JaxswapError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

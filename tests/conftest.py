@@ -7,6 +7,12 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session, subprocesses included: the many tiny
+# training runs of the suite compile the same step, and compiling dominates their time on CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxswap-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -36,6 +42,7 @@ def tiny_config(data_dir, **overrides):
   config.preview_every = 2
   config.checkpoint_every = 2
   config.preview_faces = 2
+  config.compilation_cache = ""  # the session's, from the environment
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
