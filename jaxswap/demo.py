@@ -21,8 +21,10 @@ import time
 import cv2
 import numpy as np
 
-from jaxswap import data, evaluate, media, swap, synthetic
+from jaxswap import data, evaluate, logs, media, swap, synthetic
 from jaxswap.errors import JaxswapError
+
+log = logging.getLogger("jaxswap.demo")
 
 DEFAULT_STEPS = 1200
 
@@ -68,7 +70,7 @@ def run_demo(output: str, steps: int = DEFAULT_STEPS, frames: int = 1500) -> dic
   t0 = time.time()
   os.makedirs(output, exist_ok=True)
   config = demo_config(output, steps)
-  logging.info("rendering the synthetic dataset into %s", config.data.dir)
+  log.info("rendering the synthetic dataset into %s", config.data.dir)
   data.build_synthetic(config.data.dir, num_frames=frames, image_size=config.image_size)
   workdir = os.path.join(output, "run")
   train.train_and_evaluate(config, workdir)
@@ -101,7 +103,7 @@ def run(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps")
   parser.add_argument("--frames", type=int, default=1500, help="synthetic frames per identity")
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  logs.setup_logging()
   try:
     result = run_demo(args.output, args.steps, args.frames)
   except JaxswapError as e:

@@ -119,32 +119,127 @@ def metadata_args(record: dict) -> list[str]:
           "-metadata", "description=synthetic media (" + IPTC_SYNTHETIC + ")"]
 
 
-def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, record: dict) -> int:
-  """H.264 mp4 of RGB uint8 frames through imageio-ffmpeg's bundled ffmpeg; returns frame count."""
+class Mp4Writer:
+  """Streams RGB uint8 frames into an H.264 mp4 through imageio-ffmpeg's ffmpeg, atomically.
+
+  `size="pad"` pads odd sizes to even (yuv420p, plays everywhere); `size="exact"` keeps the frame
+  size: yuv420p when both sides are even, yuv444p (High 4:4:4, which some players refuse)
+  otherwise. `audio_from` copies that file's first audio stream (re-encoded to AAC when mp4 cannot
+  hold its codec), trimmed to [audio_start, audio_start + frames / fps). The output appears at
+  `path` only on a clean `close()`; any failure leaves no file behind.
+  """
+
+  def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
+               size: str = "pad", audio_from: str | None = None, audio_start: float = 0.0,
+               crf: int = 18, preset: str = "veryfast"):
+    self.exe = ffmpeg_exe()
+    if self.exe is None:
+      raise JaxswapError("writing mp4 needs the ffmpeg binary of the imageio-ffmpeg package")
+    self.path, self.count = path, 0
+    self._ctx = atomic_path(path, ".mp4")
+    tmp = self._ctx.__enter__()
+    even = width % 2 == 0 and height % 2 == 0
+    video = ["-c:v", "libx264", "-preset", preset, "-crf", str(crf)]
+    if size == "pad" or even:
+      video += ["-pix_fmt", "yuv420p"] + (["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+                                           if not even else [])
+    else:
+      video += ["-pix_fmt", "yuv444p"]
+    audio: list[str] = []
+    if audio_from is not None and audio_codec(audio_from) is not None:
+      codec = "copy" if audio_codec(audio_from) in _MP4_AUDIO else "aac"
+      audio = (["-ss", f"{audio_start:.6f}"] if audio_start > 0 else []) + ["-i", audio_from]
+      audio_map = ["-map", "0:v:0", "-map", "1:a:0", "-c:a", codec, "-shortest"]
+    cmd = [self.exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", *audio,
+           *(audio_map if audio else []), *video, *metadata_args(record),
+           "-movflags", "+faststart", tmp]
+    try:
+      self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"cannot start ffmpeg ({self.exe}): {e}") from None
+    self._shape = (height, width, 3)
+    self._closed = False
+
+  def write(self, frame: np.ndarray) -> None:
+    if frame.shape != self._shape:
+      raise ValueError(f"frame {frame.shape} is not the writer's {self._shape}")
+    try:
+      self._proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+    except BrokenPipeError:
+      self.abort()
+      raise JaxswapError(f"ffmpeg stopped while writing {self.path}: {self._stderr()}") from None
+    self.count += 1
+
+  def _stderr(self) -> str:
+    return self._proc.stderr.read().decode(errors="replace")[-500:]
+
+  def close(self) -> int:
+    """Finishes the file and renames it into place; returns the number of frames written."""
+    if self._closed:
+      return self.count
+    self._closed = True
+    try:
+      self._proc.stdin.close()
+    except BrokenPipeError:
+      pass
+    if self._proc.wait() != 0:
+      err = self._stderr()
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"ffmpeg failed writing {self.path}: {err}")
+    if self.count == 0:
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"no frames to write to {self.path}")
+    self._ctx.__exit__(None, None, None)
+    return self.count
+
+  def abort(self) -> None:
+    """Stops ffmpeg and removes the temporary file; `path` is left as it was."""
+    if self._closed:
+      return
+    self._closed = True
+    self._proc.kill()
+    self._proc.wait()
+    self._ctx.__exit__(JaxswapError, None, None)
+
+  def __enter__(self) -> "Mp4Writer":
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+_MP4_AUDIO = ("aac", "mp3", "alac", "ac3", "eac3", "opus", "flac")
+
+
+def audio_codec(path: str) -> str | None:
+  """The codec name of a media file's first audio stream, or None when it has none."""
   exe = ffmpeg_exe()
   if exe is None:
-    raise JaxswapError("writing mp4 needs the ffmpeg binary of the imageio-ffmpeg package")
+    return None
+  err = subprocess.run([exe, "-hide_banner", "-i", path], capture_output=True, text=True,
+                       check=False).stderr
+  for line in err.splitlines():
+    if "Stream #" in line and "Audio:" in line:
+      return line.split("Audio:", 1)[1].split()[0].strip(",")
+  return None
+
+
+def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, record: dict) -> int:
+  """H.264 mp4 of RGB uint8 frames through imageio-ffmpeg's bundled ffmpeg; returns frame count."""
   frames = iter(frames)
   first = next(frames, None)
   if first is None:
     raise JaxswapError(f"no frames to write to {path}")
   h, w = first.shape[:2]
-  count = 0
-  with atomic_path(path, ".mp4") as tmp:
-    cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *metadata_args(record), tmp]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-      for frame in itertools.chain([first], frames):
-        proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
-        count += 1
-      proc.stdin.close()
-    except BrokenPipeError:
-      pass
-    if proc.wait() != 0:
-      raise JaxswapError(f"ffmpeg failed writing {path}: {proc.stderr.read().decode()[-500:]}")
-  return count
+  with Mp4Writer(path, w, h, fps, record, size="pad", crf=23, preset="medium") as writer:
+    for frame in itertools.chain([first], frames):
+      writer.write(frame)
+  return writer.count
 
 
 def provenance_of(path: str) -> dict | None:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, data, losses, media, models, parallel, previews
+from jaxswap import augment, data, logs, losses, media, models, parallel, previews
 from jaxswap.checkpoint import Checkpointer
 from jaxswap.errors import JaxswapError
 
@@ -180,35 +180,6 @@ def validate(config) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------
-
-
-class MetricWriter:
-  """JSONL + tensorboardX, written by process 0 only."""
-
-  def __init__(self, workdir: str, enabled: bool):
-    self.enabled = enabled
-    if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = SummaryWriter(workdir)
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
-    for k, v in metrics.items():
-      self._tb.add_scalar(k, v, step)
-
-  def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 
@@ -264,15 +235,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start = int(jax.device_get(state.step))
   example = parallel.global_batch(loader.batch(start), mesh)
   compiled = step_fn.lower(state, example).compile()
-  _log_memory(compiled)
+  logs.log_memory(compiled)
 
   grid_fn = previews.make_grid_fn(model, min(config.preview_faces, config.batch_size), mesh)
   val_batch = _validation_batch(config, mesh)
   preview_batch = val_batch if val_batch is not None else example
   eval_fn = jax.jit(functools.partial(eval_losses, model=model, config=config))
-  writer = MetricWriter(workdir, is_main)
+  writer = logs.MetricWriter(workdir, is_main)
 
-  bar = _progress(start, config.steps, progress and is_main)
+  bar = logs.progress(start, config.steps, progress and is_main)
   pending: list[tuple[int, dict]] = []  # device metrics not yet fetched: fetching blocks dispatch
 
   def drain() -> list[tuple[int, dict]]:
@@ -358,50 +329,9 @@ def _validation_batch(config, mesh):
   return parallel.global_batch(val.batch(0), mesh)
 
 
-def _log_memory(compiled) -> None:
-  try:
-    mem = compiled.memory_analysis()
-  except NotImplementedError:
-    return
-  if mem is not None:
-    log.info("step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
-             mem.argument_size_in_bytes / 2**20, mem.output_size_in_bytes / 2**20,
-             mem.temp_size_in_bytes / 2**20)
-
-
-class _NoBar:
-  def update(self, n):
-    pass
-
-  def set_postfix(self, **kw):
-    pass
-
-  def close(self):
-    pass
-
-
-def _progress(start: int, total: int, enabled: bool):
-  if not enabled:
-    return _NoBar()
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def setup_logging() -> None:
-  """jaxswap's own messages at INFO; libraries (orbax's per-save chatter) at WARNING."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-  root = logging.getLogger("jaxswap")
-  root.handlers[:] = [handler]
-  root.setLevel(logging.INFO)
-  root.propagate = False
 
 
 def main(argv) -> None:
@@ -410,7 +340,7 @@ def main(argv) -> None:
   FLAGS = flags.FLAGS
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.distributed_auto)
-  setup_logging()
+  logs.setup_logging()
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
