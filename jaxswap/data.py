@@ -22,15 +22,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import queue
-import threading
 from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxswap import synthetic
+from jaxswap import prefetch, synthetic
 from jaxswap.errors import JaxswapError
 
 IDENTITIES = ("a", "b")
@@ -257,37 +255,12 @@ class StepLoader:
     `place` (e.g. assembling the global device array) also runs in that thread, so host-to-device
     copies of the next batches overlap the current step.
     """
-    q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-    stop = threading.Event()
-    sentinel = object()
-
     def produce():
-      try:
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-          step = start_step
-          while not stop.is_set() and (stop_step is None or step < stop_step):
-            batch = self.batch(step, pool)
-            item = (step, place(batch) if place else batch)
-            while not stop.is_set():
-              try:
-                q.put(item, timeout=0.1)
-                break
-              except queue.Full:
-                continue
-            step += 1
-      except BaseException as e:  # surfaced in the consumer's thread
-        q.put(e)
-      q.put(sentinel)
+      with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+        step = start_step
+        while stop_step is None or step < stop_step:
+          batch = self.batch(step, pool)
+          yield step, (place(batch) if place else batch)
+          step += 1
 
-    thread = threading.Thread(target=produce, daemon=True, name="jaxswap-loader")
-    thread.start()
-    try:
-      while True:
-        item = q.get()
-        if item is sentinel:
-          return
-        if isinstance(item, BaseException):
-          raise item
-        yield item
-    finally:
-      stop.set()
+    return prefetch.background(produce(), self.prefetch, name="jaxswap-loader")
