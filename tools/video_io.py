@@ -12,14 +12,17 @@ import hashlib
 import os
 import queue
 import re
+import shutil
 import struct
+import tempfile
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
 
-from jaxswap import media
+from jaxswap import media, prefetch
 from jaxswap.errors import JaxswapError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -241,38 +244,151 @@ def fingerprint(path: str) -> str:
 
 def background(items: Iterable, depth: int = 8) -> Iterator:
   """Iterates `items` in a daemon thread, `depth` ahead (OpenCV decoding releases the GIL)."""
-  q: queue.Queue = queue.Queue(maxsize=depth)
-  done = object()
-  stop = threading.Event()
+  return prefetch.background(items, depth, name="jaxswap-reader")
 
-  def put(item) -> bool:
-    while not stop.is_set():
+
+# ----------------------------------------------------------------------------------------------
+# Frames out: an mp4 (H.264 + the input's audio, via jaxswap.media) or a folder of PNGs
+# ----------------------------------------------------------------------------------------------
+
+
+def check_writable(path: str, flag: str) -> None:
+  """Fails early (before any work) when `path` cannot be created."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise JaxswapError(f"{flag} {path}: cannot create folder {folder} ({e.strerror})") from None
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise JaxswapError(f"{flag} {path}: folder {folder} is not writable")
+  if os.path.isdir(path) and flag != "--png-dir":
+    raise JaxswapError(f"{flag} {path} is a folder, not a file name")
+
+
+class Mp4Sink:
+  """H.264 mp4 of the exact input size with the input's audio; OpenCV's writer if no ffmpeg.
+
+  The OpenCV fallback can carry neither audio nor the provenance tag, so `needs_watermark` tells
+  the caller to mark every frame visibly instead.
+  """
+
+  def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
+               audio_from: str | None = None, audio_start: float = 0.0):
+    self.path = path
+    self.needs_watermark = media.ffmpeg_exe() is None
+    if not self.needs_watermark:
+      self._mp4 = media.Mp4Writer(path, width, height, fps, record, size="exact",
+                                  audio_from=audio_from, audio_start=audio_start)
+      return
+    self._mp4 = None
+    self._ctx = media.atomic_path(path, ".mp4")
+    tmp = self._ctx.__enter__()
+    self._cv = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not self._cv.isOpened():
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"OpenCV cannot write {path} (and imageio-ffmpeg's ffmpeg is absent)")
+
+  def write(self, rgb: np.ndarray) -> None:
+    if self._mp4 is not None:
+      self._mp4.write(rgb)
+    else:
+      self._cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+  def close(self) -> None:
+    if self._mp4 is not None:
+      self._mp4.close()
+    else:
+      self._cv.release()
+      self._ctx.__exit__(None, None, None)
+
+  def abort(self) -> None:
+    if self._mp4 is not None:
+      self._mp4.abort()
+    else:
+      self._cv.release()
+      self._ctx.__exit__(JaxswapError, None, None)
+
+
+class PngDirSink:
+  """Lossless frames `frame_NNNNNN.png` (with provenance tEXt) in a folder that appears whole.
+
+  Frames go to a hidden temporary folder beside DIR, renamed onto DIR at the end; DIR must be
+  absent or empty, so no stale frame of an earlier run can mix in.
+  """
+
+  needs_watermark = False
+
+  def __init__(self, folder: str, record: dict, first_index: int = 0):
+    check_writable(folder, "--png-dir")
+    if os.path.isdir(folder) and os.listdir(folder):
+      raise JaxswapError(f"--png-dir {folder} is not empty; choose a new or empty folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise JaxswapError(f"--png-dir {folder} exists and is not a folder")
+    self.folder, self.record, self.index = folder, record, first_index
+    parent = os.path.dirname(os.path.abspath(folder))
+    self.tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+
+  def write(self, rgb: np.ndarray) -> None:
+    media.write_png(os.path.join(self.tmp, f"frame_{self.index:06d}.png"), rgb, self.record)
+    self.index += 1
+
+  def close(self) -> None:
+    if os.path.isdir(self.folder):
+      os.rmdir(self.folder)  # empty, checked at the start
+    os.replace(self.tmp, self.folder)
+
+  def abort(self) -> None:
+    shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class OrderedWriter:
+  """A writer thread: takes futures of frames in order, waits for each, writes it to the sink.
+
+  A bounded queue gives back-pressure; an error in the thread is re-raised by `put`/`close`.
+  """
+
+  def __init__(self, sink, depth: int = 32, on_write: Callable[[float], None] | None = None):
+    self.sink, self.on_write = sink, on_write
+    self._q: queue.Queue = queue.Queue(maxsize=depth)
+    self._error: BaseException | None = None
+    self._thread = threading.Thread(target=self._run, daemon=True, name="jaxswap-writer")
+    self._thread.start()
+
+  def _run(self) -> None:
+    while True:
+      item = self._q.get()
+      if item is None:
+        return
+      if self._error is not None:
+        continue  # drain so `put` never blocks forever
       try:
-        q.put(item, timeout=0.1)
-        return True
+        rgb = item.result() if hasattr(item, "result") else item
+        t0 = time.perf_counter()
+        self.sink.write(rgb)
+        if self.on_write is not None:
+          self.on_write(time.perf_counter() - t0)
+      except BaseException as e:  # pylint: disable=broad-except
+        self._error = e
+
+  def put(self, item) -> None:
+    if self._error is not None:
+      raise self._error
+    self._q.put(item)
+
+  def abort(self) -> None:
+    """Stops after the frame being written; drops the rest (the caller removes the output)."""
+    self._error = self._error or JaxswapError("aborted")
+    while self._thread.is_alive():
+      try:
+        self._q.put(None, timeout=0.1)
+        break
       except queue.Full:
         continue
-    return False
+    self._thread.join()
 
-  def produce():
-    try:
-      for item in items:
-        if not put(item):
-          return
-    except BaseException as e:  # surfaced in the consumer
-      put(e)
-      return
-    put(done)
-
-  thread = threading.Thread(target=produce, daemon=True, name="jaxswap-reader")
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
+  def close(self) -> None:
+    """Waits for every queued frame; re-raises the thread's error."""
+    self._q.put(None)
+    self._thread.join()
+    if self._error is not None:
+      raise self._error

@@ -1,0 +1,125 @@
+"""Conversion throughput: end-to-end frames/s of tools/convert.py and seconds per stage.
+
+  python benchmarks/convert_fps.py --input VIDEO --workdir RUN --json OUT.json
+      [--alignments FILE] [--frames START:END] [--batch 16] [--no-identity] [--no-baseline]
+
+Three runs over the same frames, each into a temporary mp4 that is deleted afterwards:
+  model     the run's model (compiled and warmed up before timing, so compilation is excluded);
+  identity  the model replaced by a jitted identity: what the pipeline itself costs;
+  baseline  decode -> encode only (reader thread, writer thread, no faces): the I/O ceiling.
+The pipeline keeps the model busy when `identity` runs at about the `baseline` rate. Stage seconds
+are summed over the threads that run them (decode: reader; detect/align/infer: main; blend: pool;
+encode: writer), so on an overlapped pipeline they add up to more than the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from jaxswap import media
+from tools import convert, video_io
+
+
+def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
+  """A warmed-up, compiled swap function (or identity) at the batch shape conversion uses."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxswap import parallel, swap  # pylint: disable=g-import-not-at-top
+  batch = -(-batch // jax.device_count()) * jax.device_count()
+  if identity:
+    mesh = parallel.make_mesh()
+    fn = jax.jit(lambda f: {"rgb": f.astype(jnp.float32) / 255.0},
+                 in_shardings=parallel.batch_sharding(mesh),
+                 out_shardings=parallel.batch_sharding(mesh))
+    call = fn
+  else:
+    _, model, params = swap.load_run(workdir)
+    fn = swap.make_swap_fn(model, to)
+    call = lambda faces: fn(params, faces)  # noqa: E731
+  t0 = time.perf_counter()
+  jax.block_until_ready(call(np.zeros((batch, size, size, 3), np.uint8)))
+  return call, time.perf_counter() - t0
+
+
+def baseline(input_path: str, frames: tuple[int, int | None], out: str) -> dict:
+  """Decode (reader thread) -> encode (writer thread), nothing else."""
+  source = video_io.VideoSource(input_path)
+  start, end = frames
+  sink = video_io.Mp4Sink(out, source.width, source.height, source.fps,
+                          media.provenance("benchmark"), audio_from=input_path,
+                          audio_start=start / source.fps)
+  writer = video_io.OrderedWriter(sink)
+  t0, n = time.perf_counter(), 0
+  for frame in video_io.background(source.frames(lambda i: i >= start)):
+    if end is not None and frame.index >= end:
+      break
+    if frame.rgb is not None:
+      writer.put(frame.rgb)
+      n += 1
+  writer.close()
+  sink.close()
+  seconds = time.perf_counter() - t0
+  return {"frames": n, "seconds": seconds, "fps": n / seconds}
+
+
+def row(name: str, r: dict) -> str:
+  per = {k: 1000 * v / max(r["frames"], 1) for k, v in r.get("stages", {}).items()}
+  stages = "  ".join(f"{k} {per[k]:6.2f}" for k in convert.STAGES if k in per)
+  return f"{name:<9} {r['fps']:7.1f} frames/s  ({r['frames']} frames, {r['seconds']:.1f} s)  " \
+         f"ms/frame: {stages}"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--input", required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--json", default=None)
+  p.add_argument("--alignments", default=None, help="default: detect faces on the fly")
+  p.add_argument("--frames", default=None, help="START:END (default: the whole video)")
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--to", default="a", choices=("a", "b"))
+  p.add_argument("--no-identity", action="store_true")
+  p.add_argument("--no-baseline", action="store_true")
+  args = p.parse_args(argv)
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
+  config = swap.load_config(args.workdir)
+  opts = convert.Options(to=args.to, batch=args.batch, frames=convert.parse_frames(args.frames))
+  tmp = tempfile.mkdtemp(prefix="jaxswap-convert-bench-")
+  results: dict = {"input": os.path.abspath(args.input), "workdir": os.path.abspath(args.workdir),
+                   "model": config.model.name, "batch": args.batch,
+                   "alignments": args.alignments, "cpus": os.cpu_count()}
+  try:
+    kinds = ["model"] + ([] if args.no_identity else ["identity"])
+    for kind in kinds:
+      fn, warm = model_fn_of(args.workdir, args.to, args.batch, config.image_size,
+                             kind == "identity")
+      load0 = os.getloadavg()[0]
+      r = convert.convert(args.input, args.workdir, os.path.join(tmp, f"{kind}.mp4"), opts,
+                          alignments_path=args.alignments, progress=False, model_fn=fn)
+      r.update(compile_and_warmup_s=warm, load_average_before=load0)
+      results[kind] = r
+      print(row(kind, r), flush=True)
+    if not args.no_baseline:
+      r = baseline(args.input, opts.frames, os.path.join(tmp, "baseline.mp4"))
+      results["baseline"] = r
+      print(row("baseline", r), flush=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  results["load_average_after"] = os.getloadavg()[0]
+  if args.json:
+    media.write_bytes(args.json, json.dumps(results, indent=1).encode())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

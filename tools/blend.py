@@ -1,0 +1,195 @@
+"""Putting a swapped face back into its frame: colour match, mask, inverse warp, blend, watermark.
+
+Pure numpy/OpenCV functions so each can be tested against a closed-form case. Conventions:
+faces and references are float32 RGB in [0, 1] (what the model emits), masks float32 in [0, 1]
+or bool, frames RGB uint8; matrices are 2x3 frame -> face maps (`jaxswap.geometry`). The one
+guarantee that matters downstream: a frame pixel whose mask weight is 0 is returned bit for bit.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from jaxswap import geometry
+
+COLOR_MODES = ("none", "avg", "rct", "hist")
+BLEND_MODES = ("alpha", "seamless")
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def rescale_matrix(matrix: np.ndarray, size_from: int, size_to: int) -> np.ndarray:
+  """The frame -> face matrix for a `size_to` crop from one for a `size_from` crop.
+
+  Equals `geometry.alignment_matrix(landmarks, size_to, coverage)` recomputed from scratch: the
+  template puts the crop centre at size / 2, so crop points scale about that centre.
+  """
+  k = size_to / size_from
+  shift = size_to / 2 - k * size_from / 2
+  scale = np.array([[k, 0.0, shift], [0.0, k, shift]])
+  return geometry.compose(scale, matrix)
+
+
+def face_roi(matrix: np.ndarray, size: int, width: int, height: int, pad: int = 2
+             ) -> tuple[int, int, int, int] | None:
+  """(x0, y0, x1, y1): the frame rectangle a size x size crop covers (+pad), clipped; None if off."""
+  corners = geometry.transform_points(geometry.invert_affine(matrix),
+                                      [[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5],
+                                       [size - 0.5, size - 0.5]])
+  x0, y0 = np.floor(corners.min(0)).astype(int) - pad
+  x1, y1 = np.ceil(corners.max(0)).astype(int) + pad + 1
+  x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+  if x1 <= x0 or y1 <= y0:
+    return None
+  return int(x0), int(y0), int(x1), int(y1)
+
+
+def warp_to_frame(image: np.ndarray, matrix: np.ndarray, roi: tuple[int, int, int, int],
+                  interpolation: int = cv2.INTER_LINEAR,
+                  border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+  """The inverse warp: an aligned crop (under frame -> face `matrix`) drawn into a frame ROI.
+
+  Only the ROI is computed, so a face costs its own size, not the frame's.
+  """
+  x0, y0, x1, y1 = roi
+  to_roi = geometry.compose(matrix, [[1, 0, x0], [0, 1, y0]])  # ROI pixel -> crop pixel
+  return cv2.warpAffine(image, to_roi, (x1 - x0, y1 - y0),
+                        flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=border)
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour transfer (in the aligned crop, statistics over the mask only)
+# ----------------------------------------------------------------------------------------------
+
+
+def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  m = np.asarray(mask, bool).reshape(image.shape[:2])
+  return image[m] if m.any() else image.reshape(-1, image.shape[-1])
+
+
+def color_avg(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Shifts each RGB channel so its mean over the mask is the reference's."""
+  shift = _masked(ref, mask).mean(0) - _masked(src, mask).mean(0)
+  return np.clip(src + shift, 0.0, 1.0).astype(np.float32)
+
+
+def match_moments(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Per channel, an affine map that makes src's masked mean and std the ref's."""
+  s, r = _masked(src, mask), _masked(ref, mask)
+  gain = r.std(0) / np.maximum(s.std(0), 1e-6)
+  return ((src - s.mean(0)) * gain + r.mean(0)).astype(np.float32)
+
+
+def color_rct(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Reinhard et al. 2001: moment matching in CIE L*a*b*, where channels are decorrelated."""
+  src_lab = cv2.cvtColor(np.ascontiguousarray(src, np.float32), cv2.COLOR_RGB2LAB)
+  ref_lab = cv2.cvtColor(np.ascontiguousarray(ref, np.float32), cv2.COLOR_RGB2LAB)
+  out = match_moments(src_lab, ref_lab, mask)
+  return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB), 0.0, 1.0)
+
+
+def match_histogram(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """One channel: src values mapped through src's masked CDF onto ref's masked quantiles."""
+  m = np.asarray(mask, bool).reshape(src.shape)
+  s_vals, s_counts = np.unique(src[m] if m.any() else src, return_counts=True)
+  r_vals, r_counts = np.unique(ref[m] if m.any() else ref, return_counts=True)
+  s_q = np.cumsum(s_counts) / s_counts.sum()
+  r_q = np.cumsum(r_counts) / r_counts.sum()
+  mapped = np.interp(s_q, r_q, r_vals)
+  return np.interp(src, s_vals, mapped).astype(src.dtype)
+
+
+def color_hist(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Per-channel histogram matching over the mask."""
+  return np.stack([match_histogram(src[..., c], ref[..., c], mask) for c in range(3)], -1)
+
+
+def color_transfer(mode: str, src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  if mode == "none":
+    return src
+  return {"avg": color_avg, "rct": color_rct, "hist": color_hist}[mode](src, ref, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+
+
+def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
+  """float32 mask shrunk by `erode` pixels (negative grows it), then Gaussian-blurred.
+
+  `blur` is the kernel's side in pixels (made odd); the kernel is finite, so weights stay exactly
+  0 further than blur // 2 pixels outside the (eroded) mask: the frame there is untouched.
+  """
+  out = np.asarray(mask, np.float32)
+  k = int(round(abs(erode)))
+  if k > 0:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    out = (cv2.erode if erode > 0 else cv2.dilate)(out, kernel, borderType=cv2.BORDER_CONSTANT,
+                                                   borderValue=0)
+  b = int(round(blur))
+  if b >= 2:
+    b += 1 - b % 2
+    out = cv2.GaussianBlur(out, (b, b), 0, borderType=cv2.BORDER_CONSTANT)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Blending
+# ----------------------------------------------------------------------------------------------
+
+
+def alpha_blend(frame_roi: np.ndarray, face_roi_rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+  """frame + alpha * (face - frame), rounded; pixels with alpha == 0 keep their exact bits.
+
+  face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1].
+  """
+  a = alpha[..., None]
+  mixed = frame_roi.astype(np.float32) + a * (face_roi_rgb - frame_roi.astype(np.float32))
+  mixed = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+  return np.where(a > 0, mixed, frame_roi)
+
+
+def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_rgb: np.ndarray,
+                   alpha: np.ndarray) -> np.ndarray:
+  """cv2.seamlessClone (Poisson) of the face into the ROI, then weighted by alpha.
+
+  Returns the new ROI. Falls back to alpha blending where OpenCV refuses (a mask touching the
+  frame's edge).
+  """
+  x0, y0, x1, y1 = roi
+  frame_roi = frame[y0:y1, x0:x1]
+  binary = (alpha > 0.5).astype(np.uint8) * 255
+  ys, xs = np.nonzero(binary)
+  h, w = frame.shape[:2]
+  if len(xs) == 0:
+    return alpha_blend(frame_roi, face_roi_rgb, alpha)
+  bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+  if x0 + bx0 < 1 or y0 + by0 < 1 or x0 + bx1 > w - 1 or y0 + by1 > h - 1:
+    return alpha_blend(frame_roi, face_roi_rgb, alpha)
+  src = np.clip(np.rint(face_roi_rgb), 0, 255).astype(np.uint8)
+  centre = (int(x0 + bx0 + (bx1 - bx0) // 2), int(y0 + by0 + (by1 - by0) // 2))
+  try:
+    cloned = cv2.seamlessClone(src, np.ascontiguousarray(frame), binary, centre, cv2.NORMAL_CLONE)
+  except cv2.error:
+    return alpha_blend(frame_roi, face_roi_rgb, alpha)
+  return alpha_blend(frame_roi, cloned[y0:y1, x0:x1].astype(np.float32), alpha)
+
+
+def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarray:
+  """A visible label in the bottom-left corner: white text on a half-transparent dark box."""
+  h, w = frame.shape[:2]
+  scale = max(0.3, h / 720.0 * 0.8)
+  thick = max(1, int(round(scale * 2)))
+  (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+  m = max(2, int(round(6 * scale)))
+  x0, y1 = m, h - m
+  y0, x1 = max(0, y1 - th - base - 2 * m), min(w, x0 + tw + 2 * m)
+  out = frame.copy()
+  out[y0:y1, x0:x1] = (out[y0:y1, x0:x1].astype(np.uint16) * 2 // 5).astype(np.uint8)
+  cv2.putText(out, text, (x0 + m, y1 - m - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+              (255, 255, 255), thick, cv2.LINE_AA)
+  return out
