@@ -147,6 +147,7 @@ def build_synthetic(data_dir: str, *, num_frames: int = 1000, image_size: int = 
   """Builds (or reuses) the synthetic dataset under data_dir; returns the dataset name."""
   builder = JaxswapSynthetic(data_dir=data_dir, file_format="array_record", num_frames=num_frames,
                              image_size=image_size, seed=seed)
+  tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return builder.name

@@ -207,6 +207,7 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
   builder = JaxswapFaces(plan=plan, image_size=image_size, metadata=metadata, workers=workers,
                          data_dir=data_dir, file_format="array_record")
   shards = max(1, min([num_shards] + list(counts.values())))
+  tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
   with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep DIR tidy
     builder.download_and_prepare(
         download_dir=downloads, download_config=tfds.download.DownloadConfig(num_shards=shards))
