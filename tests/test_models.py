@@ -99,3 +99,19 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   ref, _ = models.FaceSwapAutoencoder(models.VARIANTS["tiny"]).apply({"params": params}, x, x)
   assert out["rgb"].dtype == jnp.float32
   np.testing.assert_allclose(out["rgb"], ref["rgb"], atol=0.05)
+
+
+@pytest.mark.parametrize("n,k", [(8, 5), (4, 5), (16, 5), (7, 5), (6, 3)])
+def test_space_to_depth_conv_equals_the_strided_conv(n, k):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, n, n, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 4))
+  ref = jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = models.space_to_depth_conv(x, w)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  # Gradients too: the point of the rewrite is the backward pass.
+  f = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
+  for g1, g2 in zip(f(models.space_to_depth_conv),
+                    f(lambda x, w: jax.lax.conv_general_dilated(
+                        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))):
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-4, atol=1e-4)
