@@ -1,0 +1,382 @@
+"""Shared benchmark plumbing: config loading, synthetic batches, timing, tables, JSON.
+
+jax is imported inside the functions that need it, never at module import: scripts must be able
+to set XLA_FLAGS (e.g. `--xla_force_host_platform_device_count`) after parsing their arguments
+and before jax's first import.
+
+Timing convention (STYLE.md habit 8): the step is lowered and compiled ahead of time (reported
+apart as `compile_s`), run `warmup` times untimed, then `steps` times, each step synchronised with
+`jax.block_until_ready`; we report the median and the spread (min, max, interquartile range).
+Nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `configs` and `jaxswap` import from the repository root.
+  sys.path.insert(0, str(ROOT))
+
+from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and configs
+# ---------------------------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser, default_steps: int = 5) -> None:
+  parser.add_argument("--steps", type=int, default=default_steps, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=1,
+                      help="untimed steps after compilation (first-run allocation, caches)")
+  parser.add_argument("--json", default=None, metavar="OUT.json",
+                      help="write the results here (atomically)")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+  """argparse, plus `--config.KEY=VALUE` overrides collected in `args.overrides`."""
+  args, rest = parser.parse_known_args(argv)
+  overrides, unknown = [], []
+  for item in rest:
+    if item.startswith("--config.") and "=" in item:
+      key, value = item[len("--config."):].split("=", 1)
+      overrides.append((key, value))
+    else:
+      unknown.append(item)
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  args.overrides = overrides
+  for name in ("steps", "warmup"):
+    if hasattr(args, name) and getattr(args, name) < (1 if name == "steps" else 0):
+      parser.error(f"--{name} must be {'positive' if name == 'steps' else 'non-negative'}")
+  return args
+
+
+def load_config(path: str, overrides: Iterable[tuple[str, str]] = ()):
+  """configs/NAME.py -> its locked get_config(), like ml_collections' config_flags.
+
+  Overrides are parsed against the type of the field they replace; unknown keys are errors.
+  """
+  file = Path(path)
+  if not file.is_file():
+    raise JaxswapError(f"--config={path}: no such file (expected configs/NAME.py)")
+  spec = importlib.util.spec_from_file_location(f"_bench_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except AttributeError as e:
+    raise JaxswapError(f"--config={path}: not a config file ({e})") from None
+  config.lock()
+  for key, raw in overrides:
+    set_dotted(config, key, raw)
+  return config
+
+
+def set_dotted(config, key: str, raw: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  try:
+    for part in parents:
+      node = node[part]
+    old = node[leaf]
+  except (KeyError, AttributeError):
+    raise JaxswapError(f"--config.{key}: no such config field") from None
+  try:
+    node[leaf] = _parse_like(raw, old)
+  except (TypeError, ValueError, SyntaxError) as e:
+    raise JaxswapError(f"--config.{key}={raw}: {e}") from None
+
+
+def _parse_like(raw: str, old: Any) -> Any:
+  if isinstance(old, bool):
+    if raw.lower() not in ("true", "false", "1", "0"):
+      raise ValueError("expected true or false")
+    return raw.lower() in ("true", "1")
+  if isinstance(old, str):
+    return raw
+  if isinstance(old, int):
+    return int(raw)
+  if isinstance(old, float):
+    return float(raw)
+  return ast.literal_eval(raw)
+
+
+def run_cli(main: Callable[[], None]) -> None:
+  """User errors: one line on stderr, exit status 2 (the project's CLI convention)."""
+  try:
+    main()
+  except JaxswapError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def force_host_devices(count: int) -> None:
+  """Simulated CPU devices; only meaningful before jax is imported (GPU/TPU hosts ignore it)."""
+  if "jax" in sys.modules:
+    raise RuntimeError("force_host_devices must run before jax is imported")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags and count > 1:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random uint8 host batch with the loader's keys and shapes, generated once."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for ident in ("a", "b"):
+    out[f"image_{ident}"] = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    out[f"mask_{ident}"] = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
+    out[f"priority_{ident}"] = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+  compile_s: float
+  step_s: list[float]
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.step_s)
+
+  def spread(self) -> dict[str, float]:
+    s = sorted(self.step_s)
+    q = np.percentile(s, [25, 75]) if len(s) > 1 else (s[0], s[0])
+    return {"min": s[0], "max": s[-1], "iqr": float(q[1] - q[0]),
+            "rel_iqr": float((q[1] - q[0]) / self.median)}
+
+
+def time_jitted(fn, state, batch, steps: int, warmup: int, *, donated: bool = True,
+                next_batch: Callable[[], Any] | None = None):
+  """AOT-compiles fn(state, batch) -> (state, metrics), then times it.
+
+  Returns (Timing, compiled, final_state). With `donated`, the state is threaded through the
+  steps exactly as the training loop threads it (the input buffers are consumed). With
+  `next_batch`, every step fetches its own batch inside the timed region (end-to-end figure).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    out = compiled(state, batch if next_batch is None else next_batch())
+    jax.block_until_ready(out)
+    dt = time.perf_counter() - t0
+    if donated:
+      state = out[0]
+    if i >= warmup:
+      times.append(dt)
+  return Timing(compile_s, times), compiled, state
+
+
+def time_python(step: Callable[[], None], steps: int, warmup: int) -> Timing:
+  """Times a synchronous step (e.g. the PyTorch twin); no compilation."""
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    step()
+    dt = time.perf_counter() - t0
+    if i >= warmup:
+      times.append(dt)
+  return Timing(0.0, times)
+
+
+def xla_cost(compiled) -> dict[str, float]:
+  """XLA's HloCostAnalysis of the compiled (per-device, partitioned) program."""
+  try:
+    cost = compiled.cost_analysis()
+  except (NotImplementedError, RuntimeError):
+    return {}
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  keep = ("flops", "transcendentals", "bytes accessed")
+  return {k: float(cost[k]) for k in keep if cost and k in cost}
+
+
+COST_NOTE = ("flops = XLA HloCostAnalysis of the compiled per-device program: 2 per multiply-add "
+             "in convolutions and dots, ~1 per element of elementwise/reduce ops (augmentation, "
+             "loss, Adam included); convolutions count only kernel taps that land inside the "
+             "unpadded input (SAME padding on small maps counts less: 72% for original's "
+             "8x8->4x4 5x5 conv). model flops = the analytic 2 x (fwd + bwd) multiply-adds of the "
+             "network incl. padding taps (11.4 GFLOP per trained original face).")
+MFU_NOTE = "MFU = flops_per_device_per_step / step_time_s / (peak_tflops * 1e12)"
+
+
+def model_macs_per_face(spec, learn_mask: bool = False) -> tuple[int, int]:
+  """(forward multiply-adds of one face through the encoder and one decoder, those of conv 1).
+
+  Dense counting (padding taps included), from jaxswap.models.ModelSpec.
+  """
+  size, ch, macs, first = spec.image_size, 3, 0, 0
+  for f in spec.encoder_filters:
+    size //= 2
+    macs += size * size * f * 25 * ch
+    first = first or macs
+    ch = f
+  macs += size * size * ch * spec.dense + spec.dense * spec.latent_res ** 2 * spec.latent_ch
+  size, ch = spec.latent_res, spec.latent_ch
+  macs += size * size * 4 * spec.encoder_upscale * 9 * ch
+  z_size, z_ch = size * 2, spec.encoder_upscale
+  branches = [(spec.decoder_filters, 3)]
+  if learn_mask:
+    branches.append((spec.mask_filters or spec.decoder_filters, 1))
+  for filters, out_ch in branches:
+    size, ch = z_size, z_ch
+    for f in filters:
+      macs += size * size * 4 * f * 9 * ch
+      size, ch = size * 2, f
+      if spec.residual:
+        macs += 2 * size * size * ch * 9 * ch
+    macs += size * size * out_ch * spec.out_kernel ** 2 * ch
+  return macs, first
+
+
+def model_train_flops(spec, learn_mask: bool, batch: int) -> float:
+  """Analytic FLOPs of one training step on `batch` faces per identity (2 x batch faces).
+
+  Backward = 2 x forward, minus the first conv's input gradient, which nobody needs.
+  """
+  macs, first = model_macs_per_face(spec, learn_mask)
+  return 2.0 * (3 * macs - first) * 2 * batch
+
+
+def mfu(flops_per_device: float | None, step_s: float, peak_tflops: float | None):
+  if not flops_per_device or not peak_tflops:
+    return None
+  return flops_per_device / step_s / (peak_tflops * 1e12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment, tables, JSON
+# ---------------------------------------------------------------------------------------------
+
+
+def load_average() -> list[float] | None:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def cpu_count() -> int:
+  """Cores this process may run on (respects affinity / container limits)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def environment() -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "host": platform.node(),
+      "processor": _cpu_model(),
+      "cores": cpu_count(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "load_average_1_5_15": load_average(),
+  }
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def print_environment(env: dict[str, Any]) -> None:
+  print(f"# {env['time']}  jax {env['jax']} ({env['backend']}: {env['device_count']} x "
+        f"{env['device_kind']})  {env['processor']}, {env['cores']} cores  "
+        f"load {env['load_average_1_5_15']}")
+  if env.get("xla_flags"):
+    print(f"# XLA_FLAGS={env['xla_flags']}")
+
+
+def _fmt(value: Any) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    if value == 0:
+      return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+      return f"{value:.3g}"
+    return f"{value:.4g}"
+  return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+  """columns: (key, header) pairs; missing values print as '-'."""
+  cells = [[h for _, h in columns]] + [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+  for n, row in enumerate(cells):
+    print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    if n == 0:
+      print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+  """Atomic: a temp file in the same folder, then os.replace."""
+  if not path:
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(payload, f, indent=2, default=_json_default)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  print(f"# wrote {path}")
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  return str(value)
+
+
+def command_line() -> str:
+  return " ".join(["python"] + sys.argv)
