@@ -21,7 +21,7 @@ import time
 import cv2
 import numpy as np
 
-from jaxswap import data, evaluate, logs, media, swap, synthetic
+from jaxswap import data, logs, media, swap, synthetic, synthetic_eval
 from jaxswap.errors import JaxswapError
 
 log = logging.getLogger("jaxswap.demo")
@@ -77,7 +77,7 @@ def run_demo(output: str, steps: int = DEFAULT_STEPS, frames: int = 1500) -> dic
 
   _, model, params = swap.load_run(workdir)
   fns = {to: swap.make_swap_fn(model, to) for to in (0, 1)}
-  quality = evaluate.synthetic_swap_quality(
+  quality = synthetic_eval.synthetic_swap_quality(
       lambda prm, faces, to: fns[to](prm, faces)["rgb"], params, image_size=config.image_size,
       batch=64)
   video = os.path.join(output, "swap_b_to_a.mp4")
