@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "original"  # original | lightweight | sae128 | tiny
   c.model.learn_mask = False
+  # Kernel initialiser: "auto" = the variant's reference (2017 code and DeepFaceLab:
+  # glorot_uniform; faceswap: he_uniform), or glorot_uniform | he_uniform | lecun_normal (Flax's).
+  c.model.init = "auto"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -50,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.contrast = 0.1
   c.augment.saturation = 0.1
   c.augment.hue = 0.02
+  # DeepFaceLab's ct_mode: "rct" recolours each A face toward a random B face of the batch
+  # (Reinhard, L*a*b* statistics inside the masks) before augmenting; "none" leaves colours.
+  c.augment.color_transfer = "none"
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # TFDS data_dir; empty means ~/tensorflow_datasets
@@ -64,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache: "auto" = <workdir>/../.jax_cache (shared by sibling runs),
   # "" = off, anything else = that folder. A restarted run then starts in seconds.
   c.compilation_cache = "auto"
+
+  # Start a new run from the parameters of another run's latest checkpoint (same architecture),
+  # e.g. one trained on a pooled dataset of many people (DeepFaceLab's pretraining). The step
+  # count and optimiser state start afresh; ignored once this run has a checkpoint of its own.
+  c.init_from = ""
 
   c.profile_steps = 0  # >0: jax.profiler trace of that many steps into <workdir>/profile
 

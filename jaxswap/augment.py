@@ -226,3 +226,90 @@ def augment(rng: jax.Array, images: jax.Array, extras: jax.Array | None, cfg: An
   else:
     inputs = targets
   return Augmented(inputs=inputs, targets=targets, extras=out_extras)
+
+
+# --------------------------------------------------------------------------------------------
+# Training-time colour transfer (DeepFaceLab's ct_mode "rct")
+# --------------------------------------------------------------------------------------------
+
+# sRGB (D65) <-> CIE XYZ, with X and Z divided by the white point so white maps to (1, 1, 1):
+# the same L*a*b* as OpenCV's float conversion of RGB in [0, 1].
+_RGB_TO_XYZ = jnp.array([[0.412453 / 0.950456, 0.357580 / 0.950456, 0.180423 / 0.950456],
+                         [0.212671, 0.715160, 0.072169],
+                         [0.019334 / 1.088754, 0.119193 / 1.088754, 0.950227 / 1.088754]],
+                        jnp.float32)
+_XYZ_TO_RGB = jnp.linalg.inv(_RGB_TO_XYZ)
+_DELTA = 6.0 / 29.0
+
+
+def _elementwise_matmul(m: jax.Array, x: jax.Array) -> jax.Array:
+  """(3, 3) @ per-pixel (..., 3), written out so it never runs in TF32 on a GPU."""
+  return jnp.stack([m[i, 0] * x[..., 0] + m[i, 1] * x[..., 1] + m[i, 2] * x[..., 2]
+                    for i in range(3)], axis=-1)
+
+
+def _linear(c: jax.Array) -> jax.Array:
+  """sRGB gamma removed."""
+  return jnp.where(c > 0.04045, ((jnp.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
+
+
+def _gamma(c: jax.Array) -> jax.Array:
+  c = jnp.clip(c, 0.0, 1.0)
+  return jnp.where(c > 0.0031308, 1.055 * jnp.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055,
+                   12.92 * c)
+
+
+def rgb_to_lab(rgb: jax.Array) -> jax.Array:
+  """sRGB in [0, 1] -> L* in [0, 100], a*, b* (OpenCV's float COLOR_RGB2Lab)."""
+  xyz = _elementwise_matmul(_RGB_TO_XYZ, _linear(jnp.clip(rgb, 0.0, 1.0)))
+  f = jnp.where(xyz > _DELTA**3, jnp.cbrt(jnp.maximum(xyz, _DELTA**3)),
+                xyz / (3 * _DELTA**2) + 4.0 / 29.0)
+  return jnp.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
+                    200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def lab_to_rgb(lab: jax.Array) -> jax.Array:
+  fy = (lab[..., 0] + 16.0) / 116.0
+  f = jnp.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
+  xyz = jnp.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0))
+  return _gamma(_elementwise_matmul(_XYZ_TO_RGB, xyz))
+
+
+def _masked_moments(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-image, per-channel mean and std of (B, H, W, C) x over (B, H, W, 1) mask weights."""
+  w = mask / (jnp.sum(mask, axis=(1, 2), keepdims=True) + 1e-6)
+  mean = jnp.sum(x * w, axis=(1, 2), keepdims=True)
+  var = jnp.sum(jnp.square(x - mean) * w, axis=(1, 2), keepdims=True)
+  return mean, jnp.sqrt(var + 1e-6)
+
+
+def reinhard_transfer(images: jax.Array, references: jax.Array, mask: jax.Array | None = None,
+                      ref_mask: jax.Array | None = None) -> jax.Array:
+  """Each image's L*a*b* mean and std moved to those of its reference (Reinhard et al. 2001).
+
+  Statistics are taken inside the masks (the face, not the background) when given; the whole
+  image is transformed. A face with no mask pixels falls back to whole-image statistics.
+  """
+  src, ref = rgb_to_lab(_to_float(images)), rgb_to_lab(_to_float(references))
+  ones = jnp.ones(src.shape[:-1] + (1,), jnp.float32)
+
+  def usable(m):
+    m = ones if m is None else m.astype(jnp.float32)
+    return jnp.where(jnp.sum(m, axis=(1, 2, 3), keepdims=True) > 0, m, ones)
+
+  mu_s, sd_s = _masked_moments(src, usable(mask))
+  mu_r, sd_r = _masked_moments(ref, usable(ref_mask))
+  return lab_to_rgb((src - mu_s) * (sd_r / sd_s) + mu_r)
+
+
+def random_color_transfer(rng: jax.Array, images: jax.Array, others: jax.Array,
+                          mask: jax.Array | None = None,
+                          other_mask: jax.Array | None = None) -> jax.Array:
+  """`images` recoloured toward a random face of `others` each (the other person's batch).
+
+  So the two decoders see the same lighting distribution and a swap does not carry A's skin
+  tone and light into B's scene.
+  """
+  perm = jax.random.permutation(rng, others.shape[0])[:images.shape[0]]
+  other_mask = None if other_mask is None else other_mask[perm]
+  return reinhard_transfer(images, others[perm], mask, other_mask)

@@ -28,21 +28,27 @@ def _f32(x: jax.Array) -> jax.Array:
 
 
 def mae(pred: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
-  """Mean absolute error; with a (B, H, W, 1) weight, the weighted mean over weighted pixels."""
-  return _weighted_mean(jnp.abs(_f32(pred) - _f32(target)), weight)
+  """Mean absolute error; with a (B, H, W, 1) weight, that of the weighted images (see below)."""
+  return jnp.mean(jnp.abs(_weighted(pred, weight) - _weighted(target, weight)))
 
 
 def mse(pred: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
-  """Mean squared error; with a (B, H, W, 1) weight, the weighted mean over weighted pixels."""
-  return _weighted_mean(jnp.square(_f32(pred) - _f32(target)), weight)
+  """Mean squared error; with a (B, H, W, 1) weight, that of the weighted images (see below)."""
+  return jnp.mean(jnp.square(_weighted(pred, weight) - _weighted(target, weight)))
 
 
-def _weighted_mean(err: jax.Array, weight: jax.Array | None) -> jax.Array:
-  """sum(w * err) / (sum(w) * C + eps): the average error per weighted pixel and channel."""
+def _weighted(x: jax.Array, weight: jax.Array | None) -> jax.Array:
+  """x * weight, as faceswap and DeepFaceLab mask both images before a loss.
+
+  The loss of the masked images is then a mean over ALL pixels, not over the mask's area: a
+  region covering a tenth of the face contributes a tenth as much as the whole face at the same
+  weight. That is the meaning of DeepFaceLab's eyes/mouth priority and faceswap's eye and mouth
+  multipliers, so their numbers carry over.
+  """
+  x = _f32(x)
   if weight is None:
-    return jnp.mean(err)
-  w = jnp.broadcast_to(_f32(weight), err.shape[:-1] + (1,))
-  return jnp.sum(w * err) / (jnp.sum(w) * err.shape[-1] + _EPS)
+    return x
+  return x * jnp.broadcast_to(_f32(weight), x.shape[:-1] + (1,))
 
 
 def _gaussian(filter_size: int, filter_sigma: float) -> np.ndarray:
@@ -187,8 +193,8 @@ def reconstruction_loss(
   total = mae * MAE + mse * MSE + dssim * DSSIM + ms_ssim * (1 - MS-SSIM)
         + eye_mouth_weight * (mae * MAE + mse * MSE, weighted by `priority`)
         + mask * MSE(pred_mask, mask).
-  With cfg.masked and a mask, pixel terms average over the mask and SSIM terms compare the
-  masked images. If neither MAE nor MSE is configured, the priority term uses plain MAE so that
+  With cfg.masked and a mask, every term compares the masked images (a mean over all pixels, as
+  the references do); the priority terms compare the priority-masked images. If neither MAE nor MSE is configured, the priority term uses plain MAE so that
   eye_mouth_weight still acts. Zero-weight terms are not computed.
   """
   pred, target = _f32(pred), _f32(target)

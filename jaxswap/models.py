@@ -1,26 +1,38 @@
 """Shared-encoder face-swap autoencoders (Flax Linen, NHWC, images in [0, 1]).
 
-One encoder learns a pose/expression code common to both people; each person has a decoder that
-renders that code as their face. Swapping B->A is encode(B face) -> decoder A.
+Two families, both mapping an aligned face to a face of a chosen identity (0 = A, 1 = B):
+
+  df    (deepfakes 2017 / faceswap / DeepFaceLab "df"): one encoder whose dense "inter" layers are
+        shared, one decoder per person. Swap B->A = decoder_A(encoder(B)).
+  liae  (DeepFaceLab "liae", its default): a convolutional encoder, two dense "inter" blocks
+        (inter_AB sees both people, inter_B only B) and ONE decoder fed their concatenated codes:
+        A = dec[AB(A), AB(A)], B = dec[B(B), AB(B)], swap B->A = dec[AB(B), AB(B)]. The shared
+        decoder keeps pose and expression better; identity lives in which codes it is given.
+
+Both expose encode(x) -> features and decode(features, to) -> {"rgb", ["mask"]}, so training,
+previews and conversion treat them alike.
 
 Variants (see `VARIANTS`):
   original     the 2017 deepfakes network exactly (faceswap "Original"), 64 px, ~82.1 M params.
   lightweight  faceswap "Lightweight": no 1024 conv, Dense 512, 8x8x256 bottleneck.
   sae128       DeepFaceLab SAEHD "df"-like, 128 px, residual decoders, learned mask.
   tiny         a small 64 px network that trains visibly on a 2-core CPU (tests, demo).
+  liae128      LIAE at 128 px sized for a CPU; the decoder runs at 64 px and a final
+               depth-to-space doubles it (DeepFaceLab's "-d").
+  quick128     the df twin of liae128 (same encoder, decoders and "-d" output).
+  liae256      DeepFaceLab's default SAEHD liae-ud at 256 px (ae 256, e 64, d 64): for GPUs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxswap.errors import JaxswapError
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -29,21 +41,49 @@ class ModelSpec:
   dense: int  # bottleneck width
   latent_res: int  # spatial size of the Dense -> reshape
   latent_ch: int
-  encoder_upscale: int  # filters of the encoder's final upscale block
+  encoder_upscale: int  # filters of the inter block's final upscale
   decoder_filters: tuple[int, ...]  # one upscale block each
   residual: bool = False  # SAEHD: a residual block after every decoder upscale
   out_kernel: int = 5
   mask_filters: tuple[int, ...] | None = None  # defaults to decoder_filters
   leak: float = 0.1
+  arch: str = "df"  # df | liae
+  # DeepFaceLab's "-d": the decoder stops at half the image size and its output conv emits
+  # 4x the channels, which a depth-to-space turns into the full-size face (a quarter the cost).
+  half_res_decoder: bool = False
+  initializer: str = "glorot_uniform"  # the reference's kernel initialiser (see INITIALISERS)
 
 
 VARIANTS: dict[str, ModelSpec] = {
+    # The 2017 code is Keras: glorot-uniform kernels. faceswap's plugins use he-uniform.
     "original": ModelSpec(64, (128, 256, 512, 1024), 1024, 4, 1024, 512, (256, 128, 64)),
-    "lightweight": ModelSpec(64, (128, 256, 512), 512, 4, 512, 256, (512, 256, 128)),
+    "lightweight": ModelSpec(64, (128, 256, 512), 512, 4, 512, 256, (512, 256, 128),
+                             initializer="he_uniform"),
     "sae128": ModelSpec(128, (64, 128, 256, 512), 256, 8, 256, 256, (512, 256, 128),
                         residual=True, out_kernel=1, mask_filters=(256, 128, 64)),
-    "tiny": ModelSpec(64, (32, 64, 128, 256), 256, 4, 256, 128, (64, 32, 16)),
+    "tiny": ModelSpec(64, (32, 64, 128, 256), 256, 4, 256, 128, (64, 32, 16), initializer="he_uniform"),
+    "liae128": ModelSpec(128, (32, 64, 128, 256), 256, 4, 128, 128, (96, 48, 24),
+                         out_kernel=3, mask_filters=(32, 16, 8), arch="liae",
+                         half_res_decoder=True),
+    "quick128": ModelSpec(128, (32, 64, 128, 256), 256, 4, 256, 256, (96, 48, 24),
+                          out_kernel=3, mask_filters=(32, 16, 8), half_res_decoder=True),
+    "liae256": ModelSpec(256, (64, 128, 256, 512), 256, 8, 512, 512, (512, 256, 128),
+                         residual=True, out_kernel=3, mask_filters=(176, 88, 44), arch="liae",
+                         half_res_decoder=True),
 }
+
+INITIALISERS: dict[str, Callable] = {
+    "glorot_uniform": nn.initializers.glorot_uniform(),
+    "he_uniform": nn.initializers.he_uniform(),
+    "lecun_normal": nn.initializers.lecun_normal(),  # Flax's default
+}
+
+
+def kernel_init(name: str) -> Callable:
+  if name not in INITIALISERS:
+    raise JaxswapError(f"--config.model.init={name!r}: expected auto or one of "
+                       f"{sorted(INITIALISERS)}")
+  return INITIALISERS[name]
 
 
 def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
@@ -73,7 +113,7 @@ def space_to_depth_conv(x: jax.Array, w: jax.Array) -> jax.Array:
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                           rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                           precision=None, preferred_element_type=None):
   """lax.conv_general_dilated, except small-output stride-2 convs go through space_to_depth_conv."""
@@ -103,62 +143,94 @@ class Upscale(nn.Module):
   filters: int
   leak: float = 0.1
   dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.filters * 4, (3, 3), padding="SAME", dtype=self.dtype)(x)
+    x = nn.Conv(self.filters * 4, (3, 3), padding="SAME", dtype=self.dtype,
+                kernel_init=kernel_init(self.initializer))(x)
     return pixel_shuffle(nn.leaky_relu(x, self.leak))
 
 
 class ResidualBlock(nn.Module):
   """SAEHD residual block: two 3x3 convs, LeakyReLU(0.2) inside and after the sum."""
   dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
 
   @nn.compact
   def __call__(self, x):
     ch = x.shape[-1]
-    y = nn.leaky_relu(nn.Conv(ch, (3, 3), padding="SAME", dtype=self.dtype)(x), 0.2)
-    y = nn.Conv(ch, (3, 3), padding="SAME", dtype=self.dtype)(y)
-    return nn.leaky_relu(x + y, 0.2)
+    conv = lambda: nn.Conv(ch, (3, 3), padding="SAME", dtype=self.dtype,
+                           kernel_init=kernel_init(self.initializer))
+    y = nn.leaky_relu(conv()(x), 0.2)
+    return nn.leaky_relu(x + conv()(y), 0.2)
+
+
+def _inter(x, s: ModelSpec, dtype, init: str):
+  """Flat features -> Dense bottleneck -> Dense -> reshape -> Upscale (in the caller's scope)."""
+  x = nn.Dense(s.dense, dtype=dtype, kernel_init=kernel_init(init))(x)
+  x = nn.Dense(s.latent_res * s.latent_res * s.latent_ch, dtype=dtype,
+               kernel_init=kernel_init(init))(x)
+  x = x.reshape(x.shape[0], s.latent_res, s.latent_res, s.latent_ch)
+  return Upscale(s.encoder_upscale, s.leak, dtype, init)(x)
 
 
 class Encoder(nn.Module):
+  """5x5 stride-2 convs, flattened; a df encoder also holds the shared inter layers.
+
+  `conv` is the conv primitive of the strided convs (None: lax.conv_general_dilated);
+  `create_model` picks `cpu_conv_general_dilated` on the CPU backend.
+  """
   spec: ModelSpec
   dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   @nn.compact
   def __call__(self, x):
     s = self.spec
     x = x.astype(self.dtype)
+    extra = {} if self.conv is None else {"conv_general_dilated": self.conv}
     for f in s.encoder_filters:
       conv = nn.Conv(f, (5, 5), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                     conv_general_dilated=_conv_general_dilated)
+                     kernel_init=kernel_init(self.initializer), **extra)
       x = nn.leaky_relu(conv(x), s.leak)
     x = x.reshape(x.shape[0], -1)
-    x = nn.Dense(s.dense, dtype=self.dtype)(x)
-    x = nn.Dense(s.latent_res * s.latent_res * s.latent_ch, dtype=self.dtype)(x)
-    x = x.reshape(x.shape[0], s.latent_res, s.latent_res, s.latent_ch)
-    return Upscale(s.encoder_upscale, s.leak, self.dtype)(x)
+    return _inter(x, s, self.dtype, self.initializer) if s.arch == "df" else x
+
+
+class Inter(nn.Module):
+  """LIAE's dense code block (inter_AB or inter_B)."""
+  spec: ModelSpec
+  dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
+
+  @nn.compact
+  def __call__(self, x):
+    return _inter(x, self.spec, self.dtype, self.initializer)
 
 
 class Decoder(nn.Module):
-  """Upscales the shared code to one person's face (+ an optional mask branch)."""
+  """Upscales a code to a face (+ an optional mask branch)."""
   spec: ModelSpec
   learn_mask: bool = False
   dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
 
   def _branch(self, z, filters, out_ch, name):
     s = self.spec
     x = z
     for i, f in enumerate(filters):
-      x = Upscale(f, s.leak, self.dtype, name=f"{name}_upscale{i}")(x)
+      x = Upscale(f, s.leak, self.dtype, self.initializer, name=f"{name}_upscale{i}")(x)
       if s.residual:
-        x = ResidualBlock(self.dtype, name=f"{name}_residual{i}")(x)
+        x = ResidualBlock(self.dtype, self.initializer, name=f"{name}_residual{i}")(x)
     # The output layer runs in float32 even under bf16 compute: sigmoid saturation and the
     # loss are sensitive to the last bits.
-    x = nn.Conv(out_ch, (s.out_kernel, s.out_kernel), padding="SAME", dtype=jnp.float32,
+    r = 2 if s.half_res_decoder else 1
+    x = nn.Conv(out_ch * r * r, (s.out_kernel, s.out_kernel), padding="SAME", dtype=jnp.float32,
+                kernel_init=kernel_init(self.initializer),
                 name=f"{name}_out")(x.astype(jnp.float32))
-    return nn.sigmoid(x)
+    return nn.sigmoid(pixel_shuffle(x, r) if r > 1 else x)
 
   @nn.compact
   def __call__(self, z) -> dict[str, jax.Array]:
@@ -170,15 +242,17 @@ class Decoder(nn.Module):
 
 
 class FaceSwapAutoencoder(nn.Module):
-  """One shared encoder, decoder_a and decoder_b. Identity 0 is A, 1 is B."""
+  """df: one shared encoder, decoder_a and decoder_b. Identity 0 is A, 1 is B."""
   spec: ModelSpec
   learn_mask: bool = False
   dtype: Any = jnp.float32
+  initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   def setup(self):
-    self.encoder = Encoder(self.spec, self.dtype)
-    self.decoder_a = Decoder(self.spec, self.learn_mask, self.dtype)
-    self.decoder_b = Decoder(self.spec, self.learn_mask, self.dtype)
+    self.encoder = Encoder(self.spec, self.dtype, self.initializer, self.conv)
+    self.decoder_a = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
+    self.decoder_b = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
 
   def encode(self, x):
     return self.encoder(x)
@@ -192,7 +266,22 @@ class FaceSwapAutoencoder(nn.Module):
 
   def __call__(self, x_a, x_b):
     """Each person reconstructed by their own decoder (the training objective)."""
-    return self.decode(self.encode(x_a), 0), self.decode(self.encode(x_b), 1)
+    return self.swap(x_a, 0), self.swap(x_b, 1)
+
+
+class LIAEAutoencoder(FaceSwapAutoencoder):
+  """liae: conv encoder, inter_ab + inter_b, one decoder (see the module docstring)."""
+
+  def setup(self):
+    self.encoder = Encoder(self.spec, self.dtype, self.initializer, self.conv)
+    self.inter_ab = Inter(self.spec, self.dtype, self.initializer)
+    self.inter_b = Inter(self.spec, self.dtype, self.initializer)
+    self.decoder = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
+
+  def decode(self, z, identity: int):
+    ab = self.inter_ab(z)
+    first = ab if identity == 0 else self.inter_b(z)
+    return self.decoder(jnp.concatenate([first, ab], axis=-1))
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -204,7 +293,12 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
-def create_model(config) -> FaceSwapAutoencoder:
+def uses_cpu_conv_rewrite(backend: str) -> bool:
+  """Space-to-depth strided convs pay only on XLA:CPU; elsewhere they cost extra taps."""
+  return backend == "cpu"
+
+
+def create_model(config, backend: str | None = None) -> FaceSwapAutoencoder:
   """The model a config asks for; checks that the image size is the one the variant is built for."""
   name = config.model.name
   if name not in VARIANTS:
@@ -213,7 +307,16 @@ def create_model(config) -> FaceSwapAutoencoder:
   if config.image_size != spec.image_size:
     raise JaxswapError(f"--config.image_size={config.image_size} does not fit model {name!r}, "
                        f"which is built for {spec.image_size} px faces")
-  return FaceSwapAutoencoder(spec, bool(config.model.learn_mask), compute_dtype(config.dtype))
+  init = spec.initializer if config.model.init == "auto" else config.model.init
+  kernel_init(init)  # a bad name fails here, not inside tracing
+  backend = backend or jax.default_backend()
+  conv = cpu_conv_general_dilated if uses_cpu_conv_rewrite(backend) else None
+  return autoencoder(spec, bool(config.model.learn_mask), compute_dtype(config.dtype), init, conv)
+
+
+def autoencoder(spec: ModelSpec, *args, **kwargs) -> FaceSwapAutoencoder:
+  """The module class of the spec's family (df or liae), built with the given fields."""
+  return (LIAEAutoencoder if spec.arch == "liae" else FaceSwapAutoencoder)(spec, *args, **kwargs)
 
 
 def init_params(model: FaceSwapAutoencoder, rng: jax.Array, batch: int = 1):

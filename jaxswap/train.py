@@ -77,11 +77,17 @@ def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransforma
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(rng, batch: dict, identity: str, cfg) -> augment.Augmented:
-  """uint8 host batch of one identity -> augmented float32 input/target/masks on device."""
-  images = batch[f"image_{identity}"].astype(jnp.float32) / 255.0
-  extras = jnp.concatenate([batch[f"mask_{identity}"], batch[f"priority_{identity}"]], -1)
-  return augment.augment(rng, images, extras.astype(jnp.float32) / 255.0, cfg.augment)
+def _prepare(rng, batch: dict, config) -> tuple[augment.Augmented, augment.Augmented]:
+  """uint8 host batch -> augmented float32 input/target/masks of A and of B, on device."""
+  k_ct, k_a, k_b = jax.random.split(rng, 3)
+  images = {i: batch[f"image_{i}"].astype(jnp.float32) / 255.0 for i in "ab"}
+  extras = {i: jnp.concatenate([batch[f"mask_{i}"], batch[f"priority_{i}"]], -1)
+            .astype(jnp.float32) / 255.0 for i in "ab"}
+  if config.augment.color_transfer == "rct":
+    images["a"] = augment.random_color_transfer(k_ct, images["a"], images["b"],
+                                                extras["a"][..., :1], extras["b"][..., :1])
+  return tuple(augment.augment(k, images[i], extras[i], config.augment)
+               for k, i in ((k_a, "a"), (k_b, "b")))
 
 
 def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augmented):
@@ -100,9 +106,7 @@ def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augm
 
 def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
   """One update on both identities. Pure: everything it depends on is in (state, batch)."""
-  rng_a, rng_b = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  aug_a = _prepare(rng_a, batch, "a", config)
-  aug_b = _prepare(rng_b, batch, "b", config)
+  aug_a, aug_b = _prepare(jax.random.fold_in(state.rng, state.step), batch, config)
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state.params, model, config, aug_a, aug_b)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -174,6 +178,9 @@ def enable_compilation_cache(setting: str, workdir: str) -> None:
 
 def validate(config) -> None:
   models.create_model(config)
+  if config.augment.color_transfer not in ("none", "rct"):
+    raise JaxswapError(f"--config.augment.color_transfer={config.augment.color_transfer!r}: "
+                       "expected none or rct")
   for key in ("steps", "batch_size", "checkpoint_every", "log_every", "preview_every"):
     if _get(config, key) <= 0:
       raise JaxswapError(f"--config.{key}={_get(config, key)} must be positive")

@@ -125,10 +125,11 @@ def test_masked_mae_and_mse_by_hand():
   pred = np.zeros((1, 2, 2, 3), np.float32)
   target = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3) / 12
   w = np.array([1.0, 0.5, 0.0, 0.0], np.float32).reshape(1, 2, 2, 1)
-  # Pixel (0,0): errors 0, 1, 2 (/12) weight 1; pixel (0,1): 3, 4, 5 weight 0.5.
-  expected = (1.0 * (0 + 1 + 2) + 0.5 * (3 + 4 + 5)) / 12 / (1.5 * 3)
+  # Pixel (0,0): errors 0, 1, 2 (/12) weight 1; pixel (0,1): 3, 4, 5 weight 0.5. Like faceswap
+  # and DeepFaceLab, the loss is that of the masked images: a mean over all 4 pixels x 3 channels.
+  expected = (1.0 * (0 + 1 + 2) + 0.5 * (3 + 4 + 5)) / 12 / 12
   np.testing.assert_allclose(losses.mae(pred, target, w), expected, rtol=1e-6)
-  expected_sq = (1.0 * (0 + 1 + 4) + 0.5 * (9 + 16 + 25)) / 144 / (1.5 * 3)
+  expected_sq = (1.0 * (0 + 1 + 4) + 0.25 * (9 + 16 + 25)) / 144 / 12
   np.testing.assert_allclose(losses.mse(pred, target, w), expected_sq, rtol=1e-6)
   np.testing.assert_allclose(losses.mae(pred, target), target.mean(), rtol=1e-6)
   assert float(losses.mae(pred, target, np.zeros_like(w))) == 0.0
@@ -173,8 +174,8 @@ def test_reconstruction_loss_mask_priority_and_mask_terms():
   assert set(terms) == {"mae", "mse", "dssim", "priority_mae", "priority_mse", "mask"}
   d = np.float64(pred) - target
 
-  def wmean(e, w):
-    return (w * e).sum() / (w.sum() * 3)
+  def wmean(e, w):  # binary masks: mean over all pixels of the masked error
+    return (w * e).mean()
 
   np.testing.assert_allclose(terms["mae"], wmean(np.abs(d), mask), rtol=1e-5)
   np.testing.assert_allclose(terms["mse"], wmean(d**2, mask), rtol=1e-5)
