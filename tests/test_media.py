@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxswap import evaluate, media, synthetic
+from jaxswap import media
 from jaxswap.errors import JaxswapError
 
 
@@ -44,16 +44,3 @@ def test_failed_write_leaves_nothing(tmp_path):
   assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
   with pytest.raises(JaxswapError, match="cannot write"):
     media.write_bytes("/proc/nope/out.bin", b"x")
-
-
-def test_swap_quality_of_an_oracle_and_of_doing_nothing():
-  def oracle(params, faces, to):  # knows the truth: renders the other identity exactly
-    del params
-    p = synthetic.sample_params(np.random.default_rng(5), 32)
-    return synthetic.render(to, p, 64)["image"].astype(np.float32) / 255.0
-
-  q = evaluate.synthetic_swap_quality(oracle, None, image_size=64, num=32, seed=5, batch=32)
-  for k in ("b_to_a", "a_to_b"):
-    assert q[k]["mae"] == 0 and q[k]["ssim"] == pytest.approx(1.0, abs=1e-5)
-    base = q[f"{k}_baseline_identity"]
-    assert base["mae"] > 0.05 and base["ssim"] < 0.9 and base["face_mae"] > 0.05

@@ -1,0 +1,60 @@
+"""The demo's gate: swaps are scored against the exact truth and must beat two baselines."""
+
+import numpy as np
+import pytest
+
+from jaxswap import synthetic, synthetic_eval
+
+N, SEED = 32, 5
+
+
+def _params():
+  return synthetic.sample_params(np.random.default_rng(SEED), N)
+
+
+def _quality(swap_fn):
+  return synthetic_eval.synthetic_swap_quality(swap_fn, None, image_size=64, num=N, seed=SEED,
+                                               batch=N)
+
+
+def test_an_oracle_is_perfect_and_passes_the_gate():
+  def oracle(params, faces, to):  # knows the truth: renders the other identity exactly
+    del params, faces
+    return synthetic.render(to, _params(), 64)["image"].astype(np.float32) / 255.0
+
+  q = _quality(oracle)
+  for k in ("b_to_a", "a_to_b"):
+    assert q[k]["mae"] == 0 and q[k]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert q[k]["face_ssim"] == pytest.approx(1.0, abs=1e-5)
+    base = q[f"{k}_baseline_identity"]
+    assert base["mae"] > 0.05 and base["ssim"] < 0.9 and base["face_mae"] > 0.05
+    blind = q[f"{k}_baseline_pose_blind"]
+    assert blind["face_mae"] > 0.02 and blind["face_ssim"] < 0.95
+  assert synthetic_eval.gate(q) == []
+
+
+def test_a_pose_blind_decoder_fails_the_gate_though_it_beats_doing_nothing():
+  def average_face(params, faces, to):  # the right person, always at the mean pose
+    del params, faces
+    blind = synthetic_eval.mean_params(_params())
+    return synthetic.render(to, blind, 64)["image"].astype(np.float32) / 255.0
+
+  q = _quality(average_face)
+  for k in ("b_to_a", "a_to_b"):
+    base = q[f"{k}_baseline_identity"]
+    assert q[k]["face_mae"] < base["face_mae"]  # the old gate would have passed it
+  failures = synthetic_eval.gate(q)
+  for k in ("b_to_a", "a_to_b"):  # it IS the pose-blind baseline, so it cannot beat it
+    assert f"{k}: face MAE {q[k]['face_mae']:.4f} is not below the pose_blind" in "\n".join(failures)
+
+
+def test_face_ssim_only_looks_inside_the_mask():
+  rng = np.random.default_rng(0)
+  truth = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  pred = truth.copy()
+  mask = np.zeros((2, 32, 32, 1), np.float32)
+  mask[:, 8:24, 8:24] = 1
+  pred[:, :3] = 1 - pred[:, :3]  # damage outside the face, beyond the window's reach
+  m = synthetic_eval.image_metrics(pred, truth, mask)
+  assert m["face_ssim"] == pytest.approx(1.0, abs=1e-3) and m["face_mae"] == 0
+  assert m["ssim"] < 0.99 and m["mae"] > 0
