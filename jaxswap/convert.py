@@ -1,6 +1,6 @@
 """Swap faces in a video with a trained run: B's face replaced by A's (or the reverse).
 
-  python tools/convert.py --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
+  jaxswap-convert --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
       [--alignments FILE] [--mask components|extended|learned|learned*components] [--erode 2]
       [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--batch 16]
       [--frames START:END] [--smooth N] [--face-index K[,K...]] [--watermark] [--png-dir DIR]
@@ -23,17 +23,13 @@ import sys
 import threading
 import time
 
-if __package__ in (None, ""):  # run as `python tools/convert.py`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 import tqdm
 
-from jaxswap import geometry, media
+from jaxswap import convert_faces, prefetch, provenance, video
 from jaxswap.errors import JaxswapError
-from tools import blend, convert_faces, video_io
-
-MASKS = ("components", "extended", "learned", "learned*components")
+from jaxswap.faces import composite
+from jaxswap.faces.composite import MASKS
 STAGES = ("decode", "detect", "align", "infer", "blend", "encode")
 
 
@@ -55,8 +51,8 @@ class Options:
 
   def check(self) -> None:
     for name, value, choices in (("--to", self.to, ("a", "b")), ("--mask", self.mask, MASKS),
-                                 ("--color", self.color, blend.COLOR_MODES),
-                                 ("--blend", self.blend, blend.BLEND_MODES)):
+                                 ("--color", self.color, composite.COLOR_MODES),
+                                 ("--blend", self.blend, composite.BLEND_MODES)):
       if value not in choices:
         raise JaxswapError(f"{name} {value!r} is not one of {', '.join(choices)}")
     if self.batch < 1 or self.smooth < 0 or not -50 <= self.erode <= 50 or \
@@ -81,51 +77,8 @@ class StageTimer:
 
 
 # ----------------------------------------------------------------------------------------------
-# Putting one face back
+# Putting faces back
 # ----------------------------------------------------------------------------------------------
-
-
-def face_mask(kind: str, job: convert_faces.Job, matrix_s: np.ndarray, size_s: int) -> np.ndarray:
-  """float32 (S, S) mask in the aligned crop of side S."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  mask = np.ones((size_s, size_s), np.float32)
-  if kind in ("components", "extended", "learned*components"):
-    if job.landmarks is None:
-      raise JaxswapError(f"--mask {kind} needs landmarks, which this face has none of; "
-                         "use --mask learned")
-    pts = geometry.transform_points(matrix_s, job.landmarks)
-    hull = "extended" if kind == "extended" else "components"
-    mask = geometry.face_mask(pts, size_s, hull).astype(np.float32) / 255.0
-  if kind.startswith("learned"):
-    if job.learned is None:
-      raise JaxswapError(f"--mask {kind}: this run's model has no learned mask "
-                         "(trained without --config.model.learn_mask=True)")
-    mask = mask * cv2.resize(job.learned, (size_s, size_s), interpolation=cv2.INTER_LINEAR)
-  return mask
-
-
-def blend_face(frame: np.ndarray, job: convert_faces.Job, opts: Options, size: int) -> None:
-  """Draws one swapped face into `frame` in place."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  h, w = frame.shape[:2]
-  # Masks are made at about the face's size in the frame, so their edges are not blocky.
-  size_s = int(np.clip(round(size / geometry.matrix_scale(job.matrix)), size, 1024))
-  m_s = blend.rescale_matrix(job.matrix, size, size_s)
-  mask = face_mask(opts.mask, job, m_s, size_s)
-  mask = blend.erode_blur(mask, opts.erode * size_s / 100.0, opts.blur * size_s / 100.0)
-  roi = blend.face_roi(m_s, size_s, w, h)
-  if roi is None or not mask.any():
-    return
-  small = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) > 0.5
-  rgb = blend.color_transfer(opts.color, job.rgb, job.crop.astype(np.float32) / 255.0, small)
-  alpha = blend.warp_to_frame(mask, m_s, roi)
-  face = blend.warp_to_frame(np.ascontiguousarray(rgb * 255.0, np.float32), job.matrix, roi,
-                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
-  x0, y0, x1, y1 = roi
-  if opts.blend == "seamless":
-    frame[y0:y1, x0:x1] = blend.seamless_blend(frame, roi, face, alpha)
-  else:
-    frame[y0:y1, x0:x1] = blend.alpha_blend(frame[y0:y1, x0:x1], face, alpha)
 
 
 def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: bool,
@@ -133,9 +86,11 @@ def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: boo
   t0 = time.perf_counter()
   out = rgb.copy() if jobs else rgb
   for job in jobs:
-    blend_face(out, job, opts, size)
+    composite.paste_face(out, job.matrix, job.landmarks, job.crop, job.rgb, job.learned,
+                         size=size, mask=opts.mask, erode=opts.erode, blur=opts.blur,
+                         color=opts.color, blend=opts.blend)
   if mark:
-    out = blend.watermark(out)
+    out = composite.watermark(out)
   timer.add("blend", time.perf_counter() - t0)
   return out
 
@@ -157,8 +112,8 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   if (output is None) == (png_dir is None):
     raise JaxswapError("give exactly one of --output OUT.mp4 and --png-dir DIR")
   if output is not None:
-    video_io.check_writable(output, "--output")
-  source = video_io.open_source(input_path)
+    provenance.check_writable(output, "--output")
+  source = video.open_source(input_path)
   if source.kind != "video":
     raise JaxswapError(f"--input {input_path} is a folder; conversion takes a video file")
   run = convert_faces.Run.load(workdir, opts.to, opts.batch, model_fn)
@@ -167,14 +122,14 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
                        "(train with --config.model.learn_mask=True)")
   faces = convert_faces.FaceSource.create(source, run, alignments_path, opts)
   start, end = opts.frames
-  record = media.provenance(
+  record = provenance.provenance(
       "video", run=os.path.abspath(workdir), checkpoint_step=run.step, model=run.model_name,
       to=opts.to, source=os.path.abspath(input_path), mask=opts.mask, color=opts.color,
       blend=opts.blend, frames=[start, end])
   if png_dir is not None:
-    sink = video_io.PngDirSink(png_dir, record, first_index=start)
+    sink = provenance.PngDirSink(png_dir, record, first_index=start)
   else:
-    sink = video_io.Mp4Sink(output, source.width, source.height, source.fps, record,
+    sink = video.Mp4Sink(output, source.width, source.height, source.fps, record,
                             audio_from=input_path, audio_start=start / (source.fps or 1.0))
   mark = opts.watermark or sink.needs_watermark
   timer = StageTimer()
@@ -186,7 +141,7 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   total = (min(end, source.reported_frames) if end else source.reported_frames) - start
   bar = tqdm.tqdm(total=max(total, 0) or None, unit="frame", desc="convert", dynamic_ncols=True,
                   disable=not progress)
-  writer = video_io.OrderedWriter(sink, on_write=lambda s: timer.add("encode", s))
+  writer = prefetch.OrderedWriter(sink, on_write=lambda s: timer.add("encode", s))
   t0 = time.perf_counter()
   frames = swapped = 0
   try:
@@ -234,17 +189,17 @@ def parse_args(argv):
   p.add_argument("--output", help="output .mp4 (H.264, the input's audio)")
   p.add_argument("--png-dir", help="write lossless PNG frames into this new folder instead")
   p.add_argument("--to", required=True, choices=("a", "b"), help="identity to render faces as")
-  p.add_argument("--alignments", help="alignments.json of --input (tools/extract.py); default: "
+  p.add_argument("--alignments", help="alignments.json of --input (jaxswap-extract); default: "
                                       "detect faces on the fly")
   p.add_argument("--mask", default="components", choices=MASKS)
   p.add_argument("--erode", type=float, default=2.0,
                  help="shrink the mask by this %% of the face size (negative grows it)")
   p.add_argument("--blur", type=float, default=8.0,
                  help="Gaussian kernel size of the mask edge, %% of the face size")
-  p.add_argument("--color", default="rct", choices=blend.COLOR_MODES,
+  p.add_argument("--color", default="rct", choices=composite.COLOR_MODES,
                  help="colour match in the aligned face: none, avg (mean), rct (Reinhard LAB), "
                       "hist (histogram)")
-  p.add_argument("--blend", default="alpha", choices=blend.BLEND_MODES)
+  p.add_argument("--blend", default="alpha", choices=composite.BLEND_MODES)
   p.add_argument("--batch", type=int, default=16, help="faces per model call")
   p.add_argument("--frames", help="START:END, convert only these frames (END exclusive)")
   p.add_argument("--smooth", type=int, default=0,

@@ -19,9 +19,9 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxswap import alignments, geometry
+from jaxswap import video
 from jaxswap.errors import JaxswapError
-from tools import blend, extract, video_io
+from jaxswap.faces import alignments, geometry, warp
 
 log = logging.getLogger(__name__)
 DEFAULT_COVERAGE = 0.85
@@ -99,7 +99,7 @@ class Run:
     for frame, jobs in stream:
       t0 = time.perf_counter()
       for job in jobs:
-        job.crop = extract.align_face(frame.rgb, job.matrix, self.size)
+        job.crop = warp.align_face(frame.rgb, job.matrix, self.size)
         crops.append(job.crop)
       timer.add("align", time.perf_counter() - t0)
       items.append((frame, jobs))
@@ -173,7 +173,7 @@ class FaceSource:
       check_alignments(doc, alignments_path, source, trained)
       return cls(source, run, opts, lookup=alignment_lookup(doc, run.size))
     coverage = opts.coverage or (trained or {}).get("coverage") or DEFAULT_COVERAGE
-    from tools import detect  # pylint: disable=g-import-not-at-top
+    from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
     return cls(source, run, opts, detector=detect.FaceDetector(), coverage=coverage)
 
   def close(self) -> None:
@@ -213,7 +213,7 @@ class FaceSource:
     items = self._read(timer)
     if self.opts.smooth > 0:
       items = smooth_stream(items, self.opts.smooth, self.run.size)
-    return video_io.background(items, depth=16)
+    return video.background(items, depth=16)
 
 
 def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None:
@@ -223,7 +223,7 @@ def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None
     raise JaxswapError(f"--alignments {path} was made from a {src.get('width')}x"
                        f"{src.get('height')} input ({src.get('path')}), but --input is "
                        f"{source.width}x{source.height}")
-  if src.get("fingerprint") and src["fingerprint"] != video_io.fingerprint(source.path):
+  if src.get("fingerprint") and src["fingerprint"] != video.fingerprint(source.path):
     log.warning("%s was made from %s, a different file than %s; frame numbers may not match",
                 path, src.get("path"), source.path)
   if trained is None:
@@ -247,7 +247,7 @@ def alignment_lookup(doc: dict, size: int) -> dict[int, list]:
     m = alignments.matrix(face)
     if m is not None:
       out.setdefault(frame["frame"], []).append(
-          (blend.rescale_matrix(m, ref, size), alignments.landmarks(face)))
+          (warp.rescale_matrix(m, ref, size), alignments.landmarks(face)))
   return out
 
 

@@ -1,6 +1,6 @@
 """Extract aligned faces from a video or a folder of photos.
 
-  python tools/extract.py --input VIDEO_OR_DIR --output DIR [--size 256 --coverage 0.85
+  jaxswap-extract --input VIDEO_OR_DIR --output DIR [--size 256 --coverage 0.85
       --every-n 1 --min-face 0 --min-blur 0 --faces all|largest --detect-confidence 0.5]
 
 Writes DIR/faces/*.png (aligned RGB crops), DIR/masks/{components,extended}/*.png and
@@ -24,17 +24,13 @@ import shutil
 import sys
 import time
 
-if __package__ in (None, ""):  # run as `python tools/extract.py`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import cv2  # pylint: disable=g-import-not-at-top
+import cv2
 import numpy as np
 import tqdm
 
-from jaxswap import alignments
-from jaxswap import geometry
+from jaxswap import provenance, video
 from jaxswap.errors import JaxswapError
-from tools import video_io
+from jaxswap.faces import alignments, geometry, warp
 
 PARTIAL = ".partial"
 TEMPLATE_ID = "jaxswap-mediapipe478-v1"
@@ -81,47 +77,7 @@ def blur_score(rgb: np.ndarray, mask: np.ndarray) -> float:
   return float(lap[inside].var()) if inside.any() else 0.0
 
 
-def _png(image: np.ndarray) -> bytes:
-  if image.ndim == 3:
-    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-  ok, buf = cv2.imencode(".png", image)
-  if not ok:
-    raise JaxswapError("PNG encoding failed")
-  return buf.tobytes()
-
-
-def align_face(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-  """The size x size aligned crop of `frame` under a frame -> face matrix.
-
-  Off-frame pixels are black (unknown, not invented). Enlarging uses cubic interpolation; a
-  strong reduction (a big face in a 4K frame) first shrinks just the face's window with an area
-  filter, which a warp cannot do, so fine texture does not alias.
-  """
-  scale = geometry.matrix_scale(matrix)
-  if scale >= 0.7:
-    flags = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_LINEAR
-    return cv2.warpAffine(frame, matrix, (size, size), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT)
-  h, w = frame.shape[:2]
-  corners = geometry.transform_points(geometry.invert_affine(matrix),
-                                      [[0, 0], [size, 0], [0, size], [size, size]])
-  pad = 2.0 / scale
-  x0, y0 = np.maximum(np.floor(corners.min(0) - pad).astype(int), 0)
-  x1, y1 = np.minimum(np.ceil(corners.max(0) + pad).astype(int), [w, h])
-  if x1 <= x0 or y1 <= y0:
-    return np.zeros((size, size, 3), np.uint8)
-  window = frame[y0:y1, x0:x1]
-  sw, sh = max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale))
-  small = cv2.resize(window, (sw, sh), interpolation=cv2.INTER_AREA)
-  rx, ry = sw / window.shape[1], sh / window.shape[0]
-  # frame -> small: s = r * (x - x0 + 0.5) - 0.5 (resize maps pixel areas, centres at +0.5).
-  to_small = np.array([[rx, 0, rx * (0.5 - x0) - 0.5], [0, ry, ry * (0.5 - y0) - 0.5]])
-  m = geometry.compose(matrix, geometry.invert_affine(to_small))
-  return cv2.warpAffine(small, m, (size, size), flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT)
-
-
-def process_frame(detector, frame: video_io.Frame, settings: Settings, stem: str):
+def process_frame(detector, frame: video.Frame, settings: Settings, stem: str):
   """(frame record, [(relative path, image)]) for one decoded frame."""
   record = {"frame": frame.index}
   if frame.name:
@@ -150,7 +106,7 @@ def process_frame(detector, frame: video_io.Frame, settings: Settings, stem: str
     matrix = geometry.alignment_matrix(pts, size, settings.coverage)
     entry["landmarks"] = np.round(pts.astype(np.float64), 2).tolist()
     entry["matrix"] = matrix.tolist()
-    crop = align_face(frame.rgb, matrix, size)
+    crop = warp.align_face(frame.rgb, matrix, size)
     aligned = geometry.transform_points(matrix, pts)
     masks = {kind: geometry.face_mask(aligned, size, kind) for kind in geometry.MASK_TYPES}
     entry["blur"] = round(blur_score(crop, masks["components"]), 2)
@@ -215,14 +171,14 @@ class Output:
       os.makedirs(os.path.join(self.folder, sub), exist_ok=True)
       for tmp in glob.glob(os.path.join(self.folder, sub, ".tmp-*")):
         os.remove(tmp)  # left by a killed run; the file it was becoming is redone
-    video_io.write_atomic(os.path.join(self.partial, "header.json"),
+    provenance.write_bytes(os.path.join(self.partial, "header.json"),
                           json.dumps(self.header, sort_keys=True).encode())
 
   def commit(self, record: dict, images: list[tuple[str, np.ndarray]]) -> None:
     """Writes a frame's PNGs, then its record: a frame is done exactly when its record exists."""
     for rel, image in images:
-      video_io.write_atomic(os.path.join(self.folder, rel), _png(image))
-    video_io.write_atomic(os.path.join(self.partial, "frames", f"{record['frame']:09d}.json"),
+      provenance.write_bytes(os.path.join(self.folder, rel), provenance.encode_png(image))
+    provenance.write_bytes(os.path.join(self.partial, "frames", f"{record['frame']:09d}.json"),
                           json.dumps(record, separators=(",", ":")).encode())
 
   def finish(self, records: dict[int, dict], frames_seen: int, summary: dict) -> dict:
@@ -230,7 +186,7 @@ class Output:
     doc["source"] = dict(doc["source"], frame_count=frames_seen,
                          reported_frame_count=doc["source"]["frame_count"])
     doc.update(complete=True, summary=summary, frames=[records[i] for i in sorted(records)])
-    video_io.write_atomic(self.final_path, alignments.dumps(doc))
+    provenance.write_bytes(self.final_path, alignments.dumps(doc))
     shutil.rmtree(self.partial, ignore_errors=True)
     return doc
 
@@ -266,12 +222,12 @@ def extract(input_path: str, output: str, settings: Settings = Settings(), *,
             progress: bool = True, writers: int = 2, detector=None) -> dict:
   """Extracts (or finishes extracting) `input_path` into `output`; returns the alignments doc."""
   settings.check()
-  source = video_io.open_source(input_path)
+  source = video.open_source(input_path)
   if settings.tiles == 0:
     settings = dataclasses.replace(settings, tiles=2 if source.kind == "images" else 1)
   header = {
       "schema": alignments.SCHEMA, "version": alignments.VERSION, "complete": False,
-      "source": dict(source.metadata(), fingerprint=video_io.fingerprint(input_path)),
+      "source": dict(source.metadata(), fingerprint=video.fingerprint(input_path)),
       "settings": dataclasses.asdict(settings),
       "files": {"faces": "faces", "masks": {k: f"masks/{k}" for k in geometry.MASK_TYPES}},
   }
@@ -288,7 +244,7 @@ def extract(input_path: str, output: str, settings: Settings = Settings(), *,
   wanted = lambda i: i % settings.every_n == 0 and i not in done  # noqa: E731
   owns_detector = detector is None
   if owns_detector:
-    from tools import detect  # pylint: disable=g-import-not-at-top
+    from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
     detector = detect.FaceDetector(min_confidence=settings.detect_confidence)
   bar = tqdm.tqdm(total=source.reported_frames or None, unit="frame", desc="extract",
                   dynamic_ncols=True, disable=not progress)
@@ -296,7 +252,7 @@ def extract(input_path: str, output: str, settings: Settings = Settings(), *,
   frames_seen, new_faces, new_frames = 0, 0, 0
   try:
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
-      for frame in video_io.background(source.frames(wanted)):
+      for frame in video.background(source.frames(wanted)):
         frames_seen = frame.index + 1
         if frame.error == "skipped":
           bar.update(1)

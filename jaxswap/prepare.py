@@ -1,36 +1,41 @@
-"""The real-face dataset: a TFDS builder over folders written by `tools/extract.py`.
+"""Two videos (or photo folders) in, a training-ready TFDS dataset out, in one command.
 
-Same feature spec and per-identity splits as the synthetic dataset (`jaxswap.data`), so the loader
-and the train step do not care where faces came from. Each extracted folder (one video or photo
-folder) is one `source`; its faces are filtered (face size, blur score, failed landmarks), and the
-last `validation_fraction` of its frames (a contiguous block, after a gap of about a second so
-near-identical neighbours never straddle the split) becomes validation. The aligned crops are
-resized to `image_size` with an area filter; landmarks follow exactly. Written as array_record in
-several shards, readable without TensorFlow.
+  jaxswap-prepare --a VIDEO_OR_DIR --b VIDEO_OR_DIR --output DIR [--size 64]
+  (= python tools/prepare_dataset.py ...)
+
+Extracts each input into DIR/extracted/{a,b}/NAME (resuming finished work), filters the faces
+(size, blur, failed landmarks), builds `jaxswap_faces` (array_record shards) in DIR and prints the
+command that trains on it. DIR is then the `--config.data.dir` of `python -m jaxswap.train`.
+--a/--b may be repeated to pool several videos of the same person.
+
+Each extracted folder (one video or photo folder) is one `source`; the last `validation_fraction`
+of its frames (a contiguous block, after a gap of about a second so near-identical neighbours never
+straddle the split) becomes validation. The aligned crops are resized to `image_size` with an area
+filter; landmarks follow exactly. The dataset's metadata records the face geometry (coverage,
+template, size) that training hands on to the run.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-from typing import Iterator, Sequence
+import sys
+from typing import Sequence
 
 import cv2
 import numpy as np
-import tensorflow_datasets as tfds
 
-from jaxswap import alignments
-from jaxswap import geometry
-from jaxswap.data import IDENTITIES, SPLITS, face_example, face_features, split_name, \
-    validation_start
+from jaxswap import extract
+from jaxswap.data import datasets
+from jaxswap.data.datasets import IDENTITIES, SPLITS, face_example, split_name, validation_start
 from jaxswap.errors import JaxswapError
+from jaxswap.faces import alignments, geometry
 
-NAME = "jaxswap_faces"
+NAME = datasets.FACES_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,7 @@ def select_faces(folder: str, identity: str, *, mask: str = "components", min_fa
   doc = alignments.load(os.path.join(folder, alignments.FILENAME))
   if not doc.get("complete"):
     raise JaxswapError(f"{folder}/{alignments.FILENAME} is from an unfinished extraction; "
-                       "re-run tools/extract.py on it")
+                       "re-run jaxswap-extract on it")
   size = int(doc["settings"]["size"])
   refs, dropped = [], {"small": 0, "blurry": 0, "no_landmarks": 0, "not_written": 0}
   for frame, face in alignments.face_records(doc):
@@ -92,13 +97,13 @@ def split_refs(refs: Sequence[FaceRef], fraction: float, gap: int) -> dict[str, 
           "validation": [r for r in refs if r.frame >= first_val]}
 
 
-def load_example(ref: FaceRef, image_size: int) -> dict:
-  """The TFDS example of one face, resized from the extracted crop to `image_size`."""
+def load_example(ref: FaceRef, image_size: int) -> tuple[str, dict]:
+  """(key, TFDS example) of one face, resized from the extracted crop to `image_size`."""
   image = cv2.imread(ref.file, cv2.IMREAD_COLOR)
   mask = cv2.imread(ref.mask_file, cv2.IMREAD_GRAYSCALE) if ref.mask_file else None
   if image is None or mask is None:
     raise JaxswapError(f"cannot read {ref.file} or its mask {ref.mask_file}; re-run "
-                       f"tools/extract.py on {ref.folder}")
+                       f"jaxswap-extract on {ref.folder}")
   image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
   if image.shape[0] != image_size:
     image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
@@ -106,46 +111,8 @@ def load_example(ref: FaceRef, image_size: int) -> dict:
   r = image_size / ref.crop_size  # resize maps pixel areas: centres move as (x + 0.5) r - 0.5
   landmarks = (ref.landmarks + 0.5) * r - 0.5
   priority = geometry.priority_mask(landmarks, image_size)
-  return face_example(image, mask, priority, landmarks, ref.identity, ref.source, ref.frame)
-
-
-class JaxswapFaces(tfds.core.GeneratorBasedBuilder):
-  """Aligned real faces of two people (a, b) from extracted videos or photo folders."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  def __init__(self, *, plan: dict[str, list[FaceRef]] | None = None, image_size: int = 64,
-               metadata: dict | None = None, workers: int = 2, **kwargs):
-    # Without a plan the builder can only read a dataset that is already prepared.
-    self._plan = plan or {}
-    self._image_size = image_size
-    self._metadata = metadata or {}
-    self._workers = workers
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="jaxswap aligned faces extracted by tools/extract.py (mediapipe 478 points).",
-        features=face_features(geometry.NUM_LANDMARKS),
-        metadata=tfds.core.MetadataDict(self._metadata),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    if not self._plan:
-      raise JaxswapError("JaxswapFaces needs a plan to build; use jaxswap.data_faces.build_faces")
-    return {name: self._generate_examples(refs) for name, refs in self._plan.items() if refs}
-
-  def _generate_examples(self, refs: list[FaceRef]) -> Iterator[tuple[str, dict]]:
-    # cv2 releases the GIL: decode, resize and re-encode in threads.
-    with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
-      for lo in range(0, len(refs), 64):  # bounded: never all decoded faces in memory at once
-        chunk = refs[lo:lo + 64]
-        for ref, example in zip(chunk, pool.map(lambda r: load_example(r, self._image_size),
-                                                chunk)):
-          yield f"{ref.identity}-{ref.folder}-{os.path.basename(ref.file)}", example
+  key = f"{ref.identity}-{ref.folder}-{os.path.basename(ref.file)}"
+  return key, face_example(image, mask, priority, landmarks, ref.identity, ref.source, ref.frame)
 
 
 def _file_digest(path: str) -> str:
@@ -200,24 +167,122 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
   fingerprint = hashlib.sha256(json.dumps([options, sources], sort_keys=True).encode()).hexdigest()
   metadata = {"fingerprint": fingerprint, "options": options, "sources": sources,
               "num_landmarks": geometry.NUM_LANDMARKS, "image_size": image_size}
-  version_dir = os.path.join(data_dir, NAME, str(JaxswapFaces.VERSION))
-  built = _stored_fingerprint(version_dir) != fingerprint
+  version_dir = datasets.faces_version_dir(data_dir)
+  built = (datasets.stored_metadata(version_dir) or {}).get("fingerprint") != fingerprint
   if built and os.path.isdir(version_dir):
     shutil.rmtree(version_dir)  # built from other faces or options: stale
-  builder = JaxswapFaces(plan=plan, image_size=image_size, metadata=metadata, workers=workers,
-                         data_dir=data_dir, file_format="array_record")
   shards = max(1, min([num_shards] + list(counts.values())))
-  tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
-  with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep DIR tidy
-    builder.download_and_prepare(
-        download_dir=downloads, download_config=tfds.download.DownloadConfig(num_shards=shards))
+  datasets.build_faces_dataset(data_dir, plan, lambda r: load_example(r, image_size),
+                               num_landmarks=geometry.NUM_LANDMARKS, metadata=metadata,
+                               num_shards=shards, workers=workers)
   return {"name": NAME, "built": built, "splits": counts, "dropped": dropped,
           "shards": shards, "path": version_dir}
 
 
-def _stored_fingerprint(version_dir: str) -> str | None:
+# Model input sizes of the shipped configs: the dataset's faces must match config.image_size.
+CONFIG_FOR_SIZE = {64: "configs/original.py", 128: "configs/sae128.py"}
+
+
+def extracted_dirs(output: str, identity: str, inputs: list[str]) -> list[str]:
+  """DIR/extracted/<identity>/<input name>, made unique when two inputs share a name."""
+  dirs, seen = [], set()
+  for path in inputs:
+    name = extract.safe_stem(path)
+    unique, k = name, 2
+    while unique in seen:
+      unique, k = f"{name}_{k}", k + 1
+    seen.add(unique)
+    dirs.append(os.path.join(output, "extracted", identity, unique))
+  return dirs
+
+
+def train_command(output: str, size: int, workdir: str) -> str:
+  config = CONFIG_FOR_SIZE.get(size, "configs/original.py")
+  extra = "" if size in CONFIG_FOR_SIZE else f" --config.image_size={size}"
+  return (f"python -m jaxswap.train --config {config} --workdir {workdir} "
+          f"--config.data.dir={output} --config.data.name=jaxswap_faces{extra}")
+
+
+def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int = 64,
+            settings: extract.Settings = extract.Settings(faces="largest"),
+            min_face: float | None = None, min_blur: float = 10.0, mask: str = "components",
+            validation: float = 0.1, shards: int = 4, progress: bool = True) -> dict:
+  """Extracts both identities, then builds the dataset; returns build_faces' report + extras."""
+  for a in a_inputs:
+    for b in b_inputs:
+      if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+        raise JaxswapError(f"--a and --b are the same input ({a}); they must be two people")
+  reports = {}
+  for ident, inputs in (("a", a_inputs), ("b", b_inputs)):
+    for path, folder in zip(inputs, extracted_dirs(output, ident, inputs)):
+      if progress:
+        print(f"[{ident}] extracting {path} -> {folder}", file=sys.stderr)
+      doc = extract.extract(path, folder, settings, progress=progress)
+      reports[folder] = extract.format_summary(doc)
+      if progress:
+        print(f"[{ident}] {reports[folder]}", file=sys.stderr)
+  result = build_faces(
+      output, extracted_dirs(output, "a", a_inputs), extracted_dirs(output, "b", b_inputs),
+      image_size=size, mask=mask, min_face=size / 2 if min_face is None else min_face,
+      min_blur=min_blur, validation_fraction=validation, num_shards=shards)
+  result["extracted"] = reports
+  return result
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--a", action="append", required=True, help="video or photo folder of person A")
+  p.add_argument("--b", action="append", required=True, help="video or photo folder of person B")
+  p.add_argument("--output", required=True, help="dataset folder (the --config.data.dir)")
+  p.add_argument("--size", type=int, default=64,
+                 help="face size in the dataset = the model's config.image_size "
+                      "(64: original/lightweight/tiny, 128: sae128)")
+  p.add_argument("--extract-size", type=int, default=256,
+                 help="side of the aligned crops kept on disk (resized to --size for the dataset)")
+  p.add_argument("--coverage", type=float, default=0.85, help="see jaxswap-extract --coverage")
+  p.add_argument("--every-n", type=int, default=1, help="use every n-th video frame")
+  p.add_argument("--faces", choices=("all", "largest"), default="largest",
+                 help="faces per frame to keep (largest: the person the video is about)")
+  p.add_argument("--detect-confidence", type=float, default=0.5)
+  p.add_argument("--min-face", type=float, default=None,
+                 help="drop faces whose detection box is smaller (frame pixels; default --size/2)")
+  p.add_argument("--min-blur", type=float, default=10.0,
+                 help="drop faces with a lower blur score (Laplacian variance at 128 px)")
+  p.add_argument("--mask", choices=("components", "extended"), default="components",
+                 help="the dataset's mask feature")
+  p.add_argument("--validation", type=float, default=0.1,
+                 help="fraction of each input's frames (its last block) kept for validation")
+  p.add_argument("--shards", type=int, default=4, help="array_record shards per split")
+  p.add_argument("--quiet", action="store_true", help="no progress bars")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  settings = extract.Settings(size=args.extract_size, coverage=args.coverage,
+                              every_n=args.every_n, faces=args.faces,
+                              detect_confidence=args.detect_confidence)
   try:
-    with open(os.path.join(version_dir, "metadata.json"), "rb") as f:
-      return json.loads(f.read()).get("fingerprint")
-  except (OSError, ValueError):
-    return None
+    result = prepare(args.a, args.b, args.output, size=args.size, settings=settings,
+                     min_face=args.min_face, min_blur=args.min_blur, mask=args.mask,
+                     validation=args.validation, shards=args.shards, progress=not args.quiet)
+  except JaxswapError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted: finished frames are kept; re-run to resume", file=sys.stderr)
+    return 130
+  splits = ", ".join(f"{k} {v}" for k, v in sorted(result["splits"].items()))
+  state = "built" if result["built"] else "unchanged, reused"
+  print(f"dataset {result['name']} ({state}) in {args.output}: {splits} faces of "
+        f"{args.size} px in {result['shards']} shards per split")
+  for ident, why in result["dropped"].items():
+    if any(why.values()):
+      print(f"  dropped {ident}: " + ", ".join(f"{v} {k}" for k, v in why.items() if v))
+  workdir = os.path.join("runs", os.path.basename(os.path.normpath(args.output)) or "faces")
+  print("train with:\n  " + train_command(args.output, args.size, workdir))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

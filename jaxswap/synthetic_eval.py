@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxswap import losses, synthetic
+from jaxswap import losses
+from jaxswap.data import synthetic
 
 
 def image_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:

@@ -24,7 +24,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, data, logs, losses, media, models, parallel, previews
+from jaxswap import augment, logs, losses, models, parallel, previews
+from jaxswap import provenance as media
+from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
 from jaxswap.errors import JaxswapError
 

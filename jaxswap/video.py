@@ -1,36 +1,27 @@
-"""Frames in: videos OpenCV can decode and folders of images, as RGB uint8, plus their metadata.
+"""Video in and out: the one module that uses cv2.VideoCapture and the ffmpeg binary.
 
-Images are normalised here so the detector sees what a person would: EXIF orientation applied,
-16-bit scaled to 8-bit, grayscale expanded to RGB, and transparency composited over white (what an
-image viewer shows on a light page). Unreadable input raises `JaxswapError` naming the file.
+Sources yield frames as RGB uint8 with their metadata: a video file (decoded by OpenCV/FFmpeg) or
+a folder of photos (`jaxswap.images`). Sinks take frames back out: an H.264 mp4 through
+imageio-ffmpeg's bundled ffmpeg with the input's audio and a provenance tag, or a folder of PNGs.
+Unreadable input raises `JaxswapError` naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
 import os
-import queue
-import re
-import shutil
-import struct
-import tempfile
-import threading
-import time
+import subprocess
 from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
 
-from jaxswap import media, prefetch
+from jaxswap import prefetch, provenance
 from jaxswap.errors import JaxswapError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Temporary file beside `path`, renamed over it when complete (see jaxswap.media)."""
-  media.write_bytes(path, data)
+from jaxswap.images import IMAGE_EXTENSIONS, list_images, read_image
 
 
 @dataclasses.dataclass
@@ -39,91 +30,6 @@ class Frame:
   name: str  # "" for video frames, the file name for images
   rgb: np.ndarray | None  # None when the image could not be decoded
   error: str | None = None
-
-
-# ----------------------------------------------------------------------------------------------
-# Single images
-# ----------------------------------------------------------------------------------------------
-
-
-def exif_orientation(exif: bytes) -> int:
-  """The EXIF Orientation tag (1-8) of a raw EXIF block; 1 when absent or unparsable."""
-  data = exif[6:] if exif.startswith(b"Exif\0\0") else exif
-  if len(data) < 8 or data[:2] not in (b"II", b"MM"):
-    return 1
-  end = "<" if data[:2] == b"II" else ">"
-  try:
-    (ifd,) = struct.unpack(end + "I", data[4:8])
-    (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
-    for k in range(count):
-      entry = data[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
-      tag, _, _ = struct.unpack(end + "HHI", entry[:8])
-      if tag == 0x0112:
-        (value,) = struct.unpack(end + "H", entry[8:10])
-        return value if 1 <= value <= 8 else 1
-  except struct.error:
-    return 1
-  return 1
-
-
-def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
-  """Turns stored pixels into display pixels for an EXIF orientation value."""
-  ops = {
-      1: lambda a: a,
-      2: lambda a: a[:, ::-1],
-      3: lambda a: a[::-1, ::-1],
-      4: lambda a: a[::-1],
-      5: lambda a: np.swapaxes(a, 0, 1),
-      6: lambda a: np.rot90(a, -1),
-      7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
-      8: lambda a: np.rot90(a, 1),
-  }
-  return np.ascontiguousarray(ops.get(orientation, ops[1])(image))
-
-
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-  """OpenCV's decoded pixels (gray, BGR or BGRA; 8 or 16 bit) as RGB uint8."""
-  if image.dtype == np.uint16:
-    image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-  elif image.dtype != np.uint8:
-    raise ValueError(f"unsupported pixel type {image.dtype}")
-  if image.ndim == 2 or image.shape[2] == 1:
-    return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
-  if image.shape[2] == 4:
-    alpha = image[..., 3:].astype(np.float32) / 255.0
-    bgr = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-    image = np.rint(bgr).astype(np.uint8)
-  return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
-
-
-def read_image(path: str) -> np.ndarray:
-  """RGB uint8 display pixels of an image file."""
-  try:
-    image, types, blocks = cv2.imreadWithMetadata(path, cv2.IMREAD_UNCHANGED)
-  except cv2.error:
-    image = None
-  if image is None or image.size == 0:
-    raise JaxswapError(f"cannot decode image {path}")
-  orientation = 1
-  for kind, block in zip(types, blocks):
-    if kind == cv2.IMAGE_METADATA_EXIF:
-      orientation = exif_orientation(np.asarray(block, np.uint8).tobytes())
-  try:
-    return apply_orientation(to_rgb8(image), orientation)
-  except ValueError as e:
-    raise JaxswapError(f"cannot use image {path}: {e}") from None
-
-
-def _natural_key(name: str):
-  return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def list_images(folder: str) -> list[str]:
-  """Image file names in a folder, in natural order (img2 before img10)."""
-  names = [n for n in os.listdir(folder)
-           if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
-           and os.path.isfile(os.path.join(folder, n))]
-  return sorted(names, key=_natural_key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,21 +154,170 @@ def background(items: Iterable, depth: int = 8) -> Iterator:
 
 
 # ----------------------------------------------------------------------------------------------
-# Frames out: an mp4 (H.264 + the input's audio, via jaxswap.media) or a folder of PNGs
+# mp4 through imageio-ffmpeg's ffmpeg
 # ----------------------------------------------------------------------------------------------
 
 
-def check_writable(path: str, flag: str) -> None:
-  """Fails early (before any work) when `path` cannot be created."""
-  folder = os.path.dirname(os.path.abspath(path))
+def ffmpeg_exe() -> str | None:
   try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise JaxswapError(f"{flag} {path}: cannot create folder {folder} ({e.strerror})") from None
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise JaxswapError(f"{flag} {path}: folder {folder} is not writable")
-  if os.path.isdir(path) and flag != "--png-dir":
-    raise JaxswapError(f"{flag} {path} is a folder, not a file name")
+    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+    return imageio_ffmpeg.get_ffmpeg_exe()
+  except (ImportError, RuntimeError):
+    return None
+
+
+def metadata_args(record: dict) -> list[str]:
+  return ["-metadata", "comment=" + json.dumps(record, sort_keys=True),
+          "-metadata", "description=synthetic media (" + provenance.IPTC_SYNTHETIC + ")"]
+
+
+class Mp4Writer:
+  """Streams RGB uint8 frames into an H.264 mp4 through imageio-ffmpeg's ffmpeg, atomically.
+
+  `size="pad"` pads odd sizes to even (yuv420p, plays everywhere); `size="exact"` keeps the frame
+  size: yuv420p when both sides are even, yuv444p (High 4:4:4, which some players refuse)
+  otherwise. `audio_from` copies that file's first audio stream (re-encoded to AAC when mp4 cannot
+  hold its codec), trimmed to [audio_start, audio_start + frames / fps). The output appears at
+  `path` only on a clean `close()`; any failure leaves no file behind.
+  """
+
+  def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
+               size: str = "pad", audio_from: str | None = None, audio_start: float = 0.0,
+               crf: int = 18, preset: str = "veryfast"):
+    self.exe = ffmpeg_exe()
+    if self.exe is None:
+      raise JaxswapError("writing mp4 needs the ffmpeg binary of the imageio-ffmpeg package")
+    self.path, self.count = path, 0
+    self._ctx = provenance.atomic_path(path, ".mp4")
+    tmp = self._ctx.__enter__()
+    even = width % 2 == 0 and height % 2 == 0
+    video = ["-c:v", "libx264", "-preset", preset, "-crf", str(crf)]
+    if size == "pad" or even:
+      video += ["-pix_fmt", "yuv420p"] + (["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+                                           if not even else [])
+    else:
+      video += ["-pix_fmt", "yuv444p"]
+    audio: list[str] = []
+    if audio_from is not None and audio_codec(audio_from) is not None:
+      codec = "copy" if audio_codec(audio_from) in _MP4_AUDIO else "aac"
+      audio = (["-ss", f"{audio_start:.6f}"] if audio_start > 0 else []) + ["-i", audio_from]
+      audio_map = ["-map", "0:v:0", "-map", "1:a:0", "-c:a", codec, "-shortest"]
+    cmd = [self.exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", *audio,
+           *(audio_map if audio else []), *video, *metadata_args(record),
+           "-movflags", "+faststart", tmp]
+    try:
+      self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"cannot start ffmpeg ({self.exe}): {e}") from None
+    self._shape = (height, width, 3)
+    self._closed = False
+
+  def write(self, frame: np.ndarray) -> None:
+    if frame.shape != self._shape:
+      raise ValueError(f"frame {frame.shape} is not the writer's {self._shape}")
+    try:
+      self._proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+    except BrokenPipeError:
+      self.abort()
+      raise JaxswapError(f"ffmpeg stopped while writing {self.path}: {self._stderr()}") from None
+    self.count += 1
+
+  def _stderr(self) -> str:
+    return self._proc.stderr.read().decode(errors="replace")[-500:]
+
+  def close(self) -> int:
+    """Finishes the file and renames it into place; returns the number of frames written."""
+    if self._closed:
+      return self.count
+    self._closed = True
+    try:
+      self._proc.stdin.close()
+    except BrokenPipeError:
+      pass
+    if self._proc.wait() != 0:
+      err = self._stderr()
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"ffmpeg failed writing {self.path}: {err}")
+    if self.count == 0:
+      self._ctx.__exit__(JaxswapError, None, None)
+      raise JaxswapError(f"no frames to write to {self.path}")
+    self._ctx.__exit__(None, None, None)
+    return self.count
+
+  def abort(self) -> None:
+    """Stops ffmpeg and removes the temporary file; `path` is left as it was."""
+    if self._closed:
+      return
+    self._closed = True
+    self._proc.kill()
+    self._proc.wait()
+    self._ctx.__exit__(JaxswapError, None, None)
+
+  def __enter__(self) -> "Mp4Writer":
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+_MP4_AUDIO = ("aac", "mp3", "alac", "ac3", "eac3", "opus", "flac")
+
+
+def audio_codec(path: str) -> str | None:
+  """The codec name of a media file's first audio stream, or None when it has none."""
+  exe = ffmpeg_exe()
+  if exe is None:
+    return None
+  err = subprocess.run([exe, "-hide_banner", "-i", path], capture_output=True, text=True,
+                       check=False).stderr
+  for line in err.splitlines():
+    if "Stream #" in line and "Audio:" in line:
+      return line.split("Audio:", 1)[1].split()[0].strip(",")
+  return None
+
+
+def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, record: dict) -> int:
+  """H.264 mp4 of RGB uint8 frames through imageio-ffmpeg's bundled ffmpeg; returns frame count."""
+  frames = iter(frames)
+  first = next(frames, None)
+  if first is None:
+    raise JaxswapError(f"no frames to write to {path}")
+  h, w = first.shape[:2]
+  with Mp4Writer(path, w, h, fps, record, size="pad", crf=23, preset="medium") as writer:
+    for frame in itertools.chain([first], frames):
+      writer.write(frame)
+  return writer.count
+
+
+
+
+def provenance_of(path: str) -> dict | None:
+  """The jaxswap provenance record of a PNG or video, or None when it has none."""
+  if path.lower().endswith(".png"):
+    return provenance.read_png_record(path)
+  exe = ffmpeg_exe()
+  if exe is None:
+    raise JaxswapError("reading video metadata needs the ffmpeg binary of imageio-ffmpeg")
+  out = subprocess.run([exe, "-i", path, "-f", "ffmetadata", "-"], capture_output=True,
+                       text=True, check=False).stdout
+  for line in out.splitlines():
+    if line.startswith("comment="):
+      try:
+        return json.loads(line[len("comment="):].replace("\\=", "=").replace("\\;", ";")
+                          .replace("\\#", "#").replace("\\\\", "\\"))
+      except json.JSONDecodeError:
+        return None
+  return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames out: an mp4 of the input's size (a folder of PNGs: provenance.PngDirSink)
+# ----------------------------------------------------------------------------------------------
 
 
 class Mp4Sink:
@@ -275,13 +330,13 @@ class Mp4Sink:
   def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
                audio_from: str | None = None, audio_start: float = 0.0):
     self.path = path
-    self.needs_watermark = media.ffmpeg_exe() is None
+    self.needs_watermark = ffmpeg_exe() is None
     if not self.needs_watermark:
-      self._mp4 = media.Mp4Writer(path, width, height, fps, record, size="exact",
+      self._mp4 = Mp4Writer(path, width, height, fps, record, size="exact",
                                   audio_from=audio_from, audio_start=audio_start)
       return
     self._mp4 = None
-    self._ctx = media.atomic_path(path, ".mp4")
+    self._ctx = provenance.atomic_path(path, ".mp4")
     tmp = self._ctx.__enter__()
     self._cv = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not self._cv.isOpened():
@@ -307,88 +362,3 @@ class Mp4Sink:
     else:
       self._cv.release()
       self._ctx.__exit__(JaxswapError, None, None)
-
-
-class PngDirSink:
-  """Lossless frames `frame_NNNNNN.png` (with provenance tEXt) in a folder that appears whole.
-
-  Frames go to a hidden temporary folder beside DIR, renamed onto DIR at the end; DIR must be
-  absent or empty, so no stale frame of an earlier run can mix in.
-  """
-
-  needs_watermark = False
-
-  def __init__(self, folder: str, record: dict, first_index: int = 0):
-    check_writable(folder, "--png-dir")
-    if os.path.isdir(folder) and os.listdir(folder):
-      raise JaxswapError(f"--png-dir {folder} is not empty; choose a new or empty folder")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-      raise JaxswapError(f"--png-dir {folder} exists and is not a folder")
-    self.folder, self.record, self.index = folder, record, first_index
-    parent = os.path.dirname(os.path.abspath(folder))
-    self.tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-
-  def write(self, rgb: np.ndarray) -> None:
-    media.write_png(os.path.join(self.tmp, f"frame_{self.index:06d}.png"), rgb, self.record)
-    self.index += 1
-
-  def close(self) -> None:
-    if os.path.isdir(self.folder):
-      os.rmdir(self.folder)  # empty, checked at the start
-    os.replace(self.tmp, self.folder)
-
-  def abort(self) -> None:
-    shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class OrderedWriter:
-  """A writer thread: takes futures of frames in order, waits for each, writes it to the sink.
-
-  A bounded queue gives back-pressure; an error in the thread is re-raised by `put`/`close`.
-  """
-
-  def __init__(self, sink, depth: int = 32, on_write: Callable[[float], None] | None = None):
-    self.sink, self.on_write = sink, on_write
-    self._q: queue.Queue = queue.Queue(maxsize=depth)
-    self._error: BaseException | None = None
-    self._thread = threading.Thread(target=self._run, daemon=True, name="jaxswap-writer")
-    self._thread.start()
-
-  def _run(self) -> None:
-    while True:
-      item = self._q.get()
-      if item is None:
-        return
-      if self._error is not None:
-        continue  # drain so `put` never blocks forever
-      try:
-        rgb = item.result() if hasattr(item, "result") else item
-        t0 = time.perf_counter()
-        self.sink.write(rgb)
-        if self.on_write is not None:
-          self.on_write(time.perf_counter() - t0)
-      except BaseException as e:  # pylint: disable=broad-except
-        self._error = e
-
-  def put(self, item) -> None:
-    if self._error is not None:
-      raise self._error
-    self._q.put(item)
-
-  def abort(self) -> None:
-    """Stops after the frame being written; drops the rest (the caller removes the output)."""
-    self._error = self._error or JaxswapError("aborted")
-    while self._thread.is_alive():
-      try:
-        self._q.put(None, timeout=0.1)
-        break
-      except queue.Full:
-        continue
-    self._thread.join()
-
-  def close(self) -> None:
-    """Waits for every queued frame; re-raises the thread's error."""
-    self._q.put(None)
-    self._thread.join()
-    if self._error is not None:
-      raise self._error

@@ -6,12 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import alignments
-from jaxswap import data
-from jaxswap import data_faces
-from jaxswap import geometry as g
+from jaxswap import prepare
+from jaxswap.data import datasets as data
+from jaxswap.faces import alignments
+from jaxswap.faces import geometry as g
 from tests.test_extract import astronaut, similarity, write_video
-from tools import prepare_dataset
 
 pytest.importorskip("skimage.data")
 SIZE = 64
@@ -37,7 +36,7 @@ def prepared(tmp_path_factory):
   photos = str(root / "photos")
   write_photos(photos)
   out = str(root / "dataset")
-  result = prepare_dataset.prepare([video], [photos], out, size=SIZE, progress=False)
+  result = prepare.prepare([video], [photos], out, size=SIZE, progress=False)
   return {"video": video, "photos": photos, "out": out, "result": result}
 
 
@@ -82,15 +81,15 @@ def test_records_match_the_extracted_faces(prepared):
 
 def test_unchanged_inputs_reuse_the_dataset(prepared):
   out = prepared["out"]
-  dirs = prepare_dataset.extracted_dirs
+  dirs = prepare.extracted_dirs
   kwargs = dict(image_size=SIZE, min_face=SIZE / 2, min_blur=10.0)
-  again = data_faces.build_faces(out, dirs(out, "a", [prepared["video"]]),
+  again = prepare.build_faces(out, dirs(out, "a", [prepared["video"]]),
                                  dirs(out, "b", [prepared["photos"]]), **kwargs)
   assert not again["built"] and again["splits"] == prepared["result"]["splits"]
 
 
 def test_prepare_cli_prints_the_train_command(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
                                prepared["out"], "--quiet"])
   out = capsys.readouterr().out
   assert code == 0 and "unchanged, reused" in out
@@ -99,13 +98,13 @@ def test_prepare_cli_prints_the_train_command(prepared, capsys):
 
 
 def test_same_person_twice_is_refused(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["video"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["video"], "--output",
                                prepared["out"] + "_x", "--quiet"])
   assert code == 2 and "same input" in capsys.readouterr().err
 
 
 def test_filters_that_leave_nothing_are_an_error(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
                                prepared["out"], "--min-face", "5000", "--quiet"])
   err = capsys.readouterr().err
   assert code == 2 and "no usable training faces of identity 'a'" in err and "small" in err
@@ -114,7 +113,7 @@ def test_filters_that_leave_nothing_are_an_error(prepared, capsys):
 @pytest.mark.slow
 def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
   train = pytest.importorskip("jaxswap.train")
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.dir = prepared["out"]
   config.data.name = "jaxswap_faces"

@@ -1,6 +1,6 @@
 """faceswap 'Lightweight': the Original network with a narrower encoder and decoders."""
 
-from configs import default
+from jaxswap.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The 2017 deepfakes network, exact (faceswap 'Original'): 64 px, ~82.1 M parameters."""
 
-from configs import default
+from jaxswap.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DeepFaceLab SAEHD 'df'-like at 128 px: residual decoders, learned mask, DSSIM + MSE loss."""
 
-from configs import default
+from jaxswap.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A small 64 px network for CPU tests and the demo: trains visibly in minutes on 2 cores."""
 
-from configs import default
+from jaxswap.configs import default
 
 
 def get_config():
