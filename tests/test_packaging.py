@@ -1,8 +1,9 @@
 """A plain (non-editable) install works from any directory: wheel contents, console scripts.
 
 The wheel is built from a copy of the tree (an in-tree build would leave build/ and egg-info in
-the checkout) and installed with `pip install --target` into a temporary folder, so the shared
-environment is untouched; the dependencies come from that environment.
+the checkout) with `pip wheel --no-deps` and installed with `pip install --no-deps --target` into
+a temporary folder, so the environment running the tests is untouched and supplies the
+dependencies.
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ def installed(tmp_path_factory):
   shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
       ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", "runs", "demo_out"))
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-  subprocess.run(pip + ["wheel", str(src), "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp / "dist")], check=True, capture_output=True)
+  build = pip + ["wheel", str(src), "--no-deps", "-w", str(tmp / "dist")]
+  # The environment's setuptools first (offline); it lacks bdist_wheel before 70.1 without the
+  # `wheel` package, and then pip's isolated build fetches one from the configured index.
+  errors = []
+  for extra in (["--no-build-isolation"], []):
+    proc = subprocess.run(build + extra, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+      break
+    errors.append(proc.stderr[-500:])
+  else:
+    pytest.skip("cannot build a wheel here (no setuptools with bdist_wheel, no index): "
+                + " | ".join(errors))
   (wheel,) = glob.glob(str(tmp / "dist" / "jaxswap-*.whl"))
   site = tmp / "site"
   subprocess.run(pip + ["install", "--no-deps", "--target", str(site), wheel], check=True,
@@ -65,8 +76,9 @@ def test_console_scripts_run_from_another_directory(installed, tmp_path):
   assert where.startswith(site), where
   for name in SCRIPTS:
     proc = run_script(installed, name, "--help", cwd=tmp_path)
-    assert proc.returncode == 0, (name, proc.stderr[-2000:])
-    assert "--" in proc.stdout + proc.stderr, name
+    # absl (jaxswap-train) ends its --help with status 1; argparse with 0.
+    assert proc.returncode in ((0, 1) if name == "jaxswap-train" else (0,)), (name, proc.stderr)
+    assert "Traceback" not in proc.stderr and "usage" in proc.stdout.lower(), (name, proc.stdout)
 
 
 def test_extract_then_convert_from_another_directory(installed, tiny_run, tmp_path):
