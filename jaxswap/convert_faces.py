@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
-import json
 import logging
 import os
 import time
@@ -45,8 +43,9 @@ class Job:
 class Run:
   """A trained run's swap function at a fixed batch shape (compiles once)."""
 
-  def __init__(self, config, fn, jitted, step: int | None, batch: int):
+  def __init__(self, config, fn, jitted, step: int | None, batch: int, face: dict | None = None):
     self.config, self.fn, self._jitted, self.step, self.batch = config, fn, jitted, step, batch
+    self.face = face  # coverage, template, size of the faces it learnt; None if not recorded
     self.size = int(config.image_size)
     self.model_name = config.model.name
     self.has_mask = bool(config.model.learn_mask)
@@ -56,40 +55,20 @@ class Run:
     import jax  # pylint: disable=g-import-not-at-top
     from jaxswap import swap  # pylint: disable=g-import-not-at-top
     config = swap.load_config(workdir)
+    face = swap.run_face(config)
     step = latest_step(workdir)
     if step is None:
       raise JaxswapError(f"--workdir={workdir} has no checkpoint yet: train first")
     devices = jax.device_count()
     batch = -(-batch // devices) * devices  # the mesh splits the batch evenly
     if model_fn is not None:
-      return cls(config, model_fn, None, step, batch)
+      return cls(config, model_fn, None, step, batch, face)
     config, model, params = swap.load_run(workdir)
     jitted = swap.make_swap_fn(model, to)
-    return cls(config, lambda faces: jitted(params, faces), jitted, step, batch)
+    return cls(config, lambda faces: jitted(params, faces), jitted, step, batch, face)
 
   def compilations(self) -> int | None:
     return self._jitted._cache_size() if self._jitted is not None else None  # pylint: disable=protected-access
-
-  def dataset_alignment(self) -> dict | None:
-    """{"coverage", "template"} of the extraction the run's dataset was built from, if known."""
-    name = self.config.data.name.split(":")[0]
-    if name != "jaxswap_faces":
-      return None
-    data_dir = self.config.data.dir or os.path.expanduser("~/tensorflow_datasets")
-    found = set()
-    for meta in sorted(glob.glob(os.path.join(data_dir, name, "*", "metadata.json"))):
-      try:
-        with open(meta, "rb") as f:
-          sources = json.loads(f.read()).get("sources", [])
-        for src in sources:
-          s = alignments.load(os.path.join(src["folder"], alignments.FILENAME))["settings"]
-          found.add((float(s["coverage"]), s.get("template")))
-      except (OSError, ValueError, KeyError, JaxswapError):
-        continue
-    if len(found) != 1:
-      return None
-    coverage, template = found.pop()
-    return {"coverage": coverage, "template": template}
 
   def batches(self, stream: Iterator, timer, max_frames: int | None = None) -> Iterator:
     """(frame, jobs) in order, jobs filled; one batch on the device while the next is aligned."""
@@ -167,7 +146,11 @@ class FaceSource:
 
   @classmethod
   def create(cls, source, run: Run, alignments_path: str | None, opts) -> "FaceSource":
-    trained = run.dataset_alignment()
+    trained = run.face
+    if trained is None:
+      log.warning("the run does not record the coverage of the faces it was trained on (a "
+                  "synthetic dataset, or a run older than that record): alignments are not "
+                  "checked, and detection crops at coverage %s", opts.coverage or DEFAULT_COVERAGE)
     if alignments_path is not None:
       doc = alignments.load(alignments_path)
       check_alignments(doc, alignments_path, source, trained)

@@ -53,7 +53,7 @@ class FaceRef:
 
 def select_faces(folder: str, identity: str, *, mask: str = "components", min_face: float = 0.0,
                  min_blur: float = 0.0) -> tuple[list[FaceRef], dict, dict]:
-  """(faces passing the filters, dropped counts by reason, source metadata) of one folder."""
+  """(faces passing the filters, dropped counts by reason, alignments document) of one folder."""
   doc = alignments.load(os.path.join(folder, alignments.FILENAME))
   if not doc.get("complete"):
     raise JaxswapError(f"{folder}/{alignments.FILENAME} is from an unfinished extraction; "
@@ -77,7 +77,7 @@ def select_faces(folder: str, identity: str, *, mask: str = "components", min_fa
                           file=alignments.face_path(folder, doc, face),
                           mask_file=alignments.mask_path(folder, doc, face, mask),
                           landmarks=geometry.transform_points(matrix, lm), crop_size=size))
-  return refs, dropped, doc["source"]
+  return refs, dropped, doc
 
 
 def split_refs(refs: Sequence[FaceRef], fraction: float, gap: int) -> dict[str, list[FaceRef]]:
@@ -115,6 +115,21 @@ def load_example(ref: FaceRef, image_size: int) -> tuple[str, dict]:
   return key, face_example(image, mask, priority, landmarks, ref.identity, ref.source, ref.frame)
 
 
+def face_geometry(geometries: dict[str, tuple[float, str | None]], image_size: int) -> dict:
+  """The crop geometry every face of the dataset shares; training hands it on to the run.
+
+  A model learns faces at one scale: folders extracted at different coverages or templates
+  cannot make one dataset.
+  """
+  if len(set(geometries.values())) != 1:
+    listed = ", ".join(f"{folder}: coverage {c}, template {t}"
+                       for folder, (c, t) in sorted(geometries.items()))
+    raise JaxswapError(f"the extracted folders crop faces differently ({listed}); re-extract "
+                       "them with one --coverage")
+  coverage, template = next(iter(geometries.values()))
+  return {"coverage": coverage, "template": template, "size": image_size}
+
+
 def _file_digest(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -139,14 +154,16 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
     raise JaxswapError(f"image size {image_size} is outside 8..1024")
   folders = {"a": list(a_dirs), "b": list(b_dirs)}
   plan: dict[str, list[FaceRef]] = {split_name(s, i): [] for s in SPLITS for i in IDENTITIES}
-  dropped, sources = {}, []
+  dropped, sources, geometries = {}, [], {}
   for ident in IDENTITIES:
     if not folders[ident]:
       raise JaxswapError(f"no extracted folder given for identity {ident!r}")
     dropped[ident] = {}
     for folder in folders[ident]:
-      refs, why, source = select_faces(folder, ident, mask=mask, min_face=min_face,
-                                       min_blur=min_blur)
+      refs, why, doc = select_faces(folder, ident, mask=mask, min_face=min_face,
+                                    min_blur=min_blur)
+      source, settings = doc["source"], doc["settings"]
+      geometries[folder] = (float(settings["coverage"]), settings.get("template"))
       for k, v in why.items():
         dropped[ident][k] = dropped[ident].get(k, 0) + v
       gap = int(round((source.get("fps") or 0.0) * validation_gap_seconds))
@@ -160,12 +177,14 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
       raise JaxswapError(
           f"no usable training faces of identity {ident!r} in {', '.join(folders[ident])} "
           f"(dropped: {dropped[ident]}); lower --min-face/--min-blur or add footage")
+  face = face_geometry(geometries, image_size)
   counts = {k: len(v) for k, v in plan.items() if v}
   options = {"image_size": image_size, "mask": mask, "min_face": min_face, "min_blur": min_blur,
              "validation_fraction": validation_fraction,
              "validation_gap_seconds": validation_gap_seconds}
-  fingerprint = hashlib.sha256(json.dumps([options, sources], sort_keys=True).encode()).hexdigest()
-  metadata = {"fingerprint": fingerprint, "options": options, "sources": sources,
+  fingerprint = hashlib.sha256(
+      json.dumps([options, sources, face], sort_keys=True).encode()).hexdigest()
+  metadata = {"fingerprint": fingerprint, "options": options, "sources": sources, "face": face,
               "num_landmarks": geometry.NUM_LANDMARKS, "image_size": image_size}
   version_dir = datasets.faces_version_dir(data_dir)
   built = (datasets.stored_metadata(version_dir) or {}).get("fingerprint") != fingerprint

@@ -254,18 +254,14 @@ def test_alignments_of_another_size_or_coverage_are_refused(video, tiny_run, tmp
                       "--output", str(tmp_path / "o.mp4"), "--alignments",
                       str(tmp_path / "wide.json"))
   assert code == 2 and f"{W + 1}x{H}" in err
-  # A run trained on faces cropped at coverage 0.7, and alignments at 0.85.
-  ext = tmp_path / "extracted"
-  ext.mkdir()
-  provenance.write_bytes(str(ext / "alignments.json"), alignments.dumps(
-      dict(doc, settings=dict(doc["settings"], coverage=0.7))))
-  meta = tmp_path / "data" / "jaxswap_faces" / "1.0.0"
-  meta.mkdir(parents=True)
-  (meta / "metadata.json").write_text(json.dumps({"sources": [{"folder": str(ext)}]}))
+  # A run trained on faces cropped at coverage 0.7 (its config.json says so; its dataset is
+  # nowhere to be found, as after a move), and alignments at 0.85.
   run = tmp_path / "run"
   shutil.copytree(tiny_run, run)
   config = json.loads((run / "config.json").read_text())
-  config["data"].update(dir=str(tmp_path / "data"), name="jaxswap_faces")
+  assert config["face"] is None  # trained on synthetic faces: no crop geometry
+  config["data"].update(dir=str(tmp_path / "moved_away"), name="jaxswap_faces")
+  config["face"] = {"coverage": 0.7, "template": extract.TEMPLATE_ID, "size": SIZE}
   (run / "config.json").write_text(json.dumps(config))
   code, err = run_cli(capsys, "--input", path, "--workdir", str(run), "--to", "a",
                       "--output", str(tmp_path / "o.mp4"), "--alignments", doc_path)

@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import prepare
+from jaxswap import extract, prepare
 from jaxswap.data import datasets as data
+from jaxswap.data import loader
+from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments
 from jaxswap.faces import geometry as g
 from tests.test_extract import astronaut, similarity, write_video
@@ -79,6 +81,25 @@ def test_records_match_the_extracted_faces(prepared):
     assert priority[eyes[:, 1], eyes[:, 0]].all()
 
 
+def test_dataset_records_its_face_geometry(prepared):
+  face = {"coverage": 0.85, "template": extract.TEMPLATE_ID, "size": SIZE}
+  assert data.face_geometry(prepared["out"], "jaxswap_faces") == face
+  assert data.face_geometry(prepared["out"], "jaxswap_faces:1.0.0") == face
+  assert data.face_geometry(prepared["out"], "jaxswap_synthetic") is None
+  spec = loader.StepLoader(prepared["out"], "jaxswap_faces", "train", 8, seed=0).spec
+  assert spec.face == face and spec.image_size == SIZE
+
+
+def test_folders_of_different_coverage_make_no_dataset(prepared, tmp_path, capsys):
+  other = str(tmp_path / "other")
+  extract.extract(prepared["photos"], other, extract.Settings(size=128, coverage=0.7,
+                                                               faces="largest"), progress=False)
+  dirs = prepare.extracted_dirs
+  with pytest.raises(JaxswapError, match="coverage 0.85.*coverage 0.7|coverage 0.7.*coverage 0.85"):
+    prepare.build_faces(str(tmp_path / "ds"), dirs(prepared["out"], "a", [prepared["video"]]),
+                        [other], image_size=SIZE)
+
+
 def test_unchanged_inputs_reuse_the_dataset(prepared):
   out = prepared["out"]
   dirs = prepare.extracted_dirs
@@ -120,6 +141,20 @@ def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
   config.image_size = SIZE
   config.steps = 1
   config.batch_size = 8
+  config.compilation_cache = ""  # the session's, from the environment
   state = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
   assert int(state.step) == 1
   assert os.path.exists(tmp_path / "run" / "metrics.jsonl")
+  # The run knows the faces it learnt, without its dataset: config.json and the checkpoint.
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
+  from jaxswap.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  expected = {"coverage": 0.85, "template": extract.TEMPLATE_ID, "size": SIZE}
+  os.rename(prepared["out"], prepared["out"] + "_moved")
+  try:
+    loaded, _, _ = swap.load_run(str(tmp_path / "run"))
+    assert swap.run_face(loaded) == expected
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), every=1, keep=1, async_save=False)
+    assert ckpt.meta(1)["face"] == expected
+    ckpt.close()
+  finally:
+    os.rename(prepared["out"] + "_moved", prepared["out"])

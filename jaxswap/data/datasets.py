@@ -233,6 +233,21 @@ def faces_version_dir(data_dir: str) -> str:
   return os.path.join(data_dir, FACES_NAME, str(JaxswapFaces.VERSION))
 
 
+def face_geometry(data_dir: str, name: str) -> dict | None:
+  """{"coverage", "template", "size"} of a prepared real-face dataset's crops; None otherwise.
+
+  Recorded by `jaxswap.prepare` in the dataset's metadata; training copies it into the run, so
+  conversion never has to find the dataset again.
+  """
+  base, _, version = name.partition(":")
+  if base != FACES_NAME:
+    return None  # synthetic faces: no mediapipe crop geometry
+  folder = os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), base,
+                        version or str(JaxswapFaces.VERSION))
+  face = (stored_metadata(folder) or {}).get("face")
+  return dict(face) if isinstance(face, dict) else None
+
+
 def stored_metadata(version_dir: str) -> dict | None:
   """The metadata a built dataset records (options, fingerprint, face geometry), or None."""
   try:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from jaxswap import prefetch
-from jaxswap.data.datasets import IDENTITIES, decode_png, open_split
+from jaxswap.data.datasets import IDENTITIES, decode_png, face_geometry, open_split
 from jaxswap.errors import JaxswapError
 
 
@@ -21,6 +21,7 @@ from jaxswap.errors import JaxswapError
 class DatasetSpec:
   image_size: int
   num_examples: dict  # identity -> examples in this process's part of the split
+  face: dict | None = None  # crop coverage, template id, size of real faces (datasets.face_geometry)
 
 
 class StepLoader:
@@ -60,7 +61,8 @@ class StepLoader:
     self.prefetch = max(1, prefetch)
     first = self._decode(self.sources["a"][0][0])
     self.spec = DatasetSpec(image_size=first["image"].shape[0],
-                            num_examples={k: sum(map(len, v)) for k, v in self.sources.items()})
+                            num_examples={k: sum(map(len, v)) for k, v in self.sources.items()},
+                            face=face_geometry(data_dir, name))
 
   def indices(self, identity: str, step: int, part: int = 0) -> np.ndarray:
     """Record indices, within the `part`-th shard this process owns, of a step's faces."""
