@@ -1,4 +1,4 @@
-"""Conversion throughput: end-to-end frames/s of tools/convert.py and seconds per stage.
+"""Conversion throughput: end-to-end frames/s of jaxswap.convert and seconds per stage.
 
   python benchmarks/convert_fps.py --input VIDEO --workdir RUN --json OUT.json
       [--alignments FILE] [--frames START:END] [--batch 16] [--no-identity] [--no-baseline]
@@ -26,8 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from jaxswap import media
-from tools import convert, video_io
+from jaxswap import convert, prefetch, provenance, video
 
 
 def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
@@ -53,14 +52,14 @@ def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
 
 def baseline(input_path: str, frames: tuple[int, int | None], out: str) -> dict:
   """Decode (reader thread) -> encode (writer thread), nothing else."""
-  source = video_io.VideoSource(input_path)
+  source = video.VideoSource(input_path)
   start, end = frames
-  sink = video_io.Mp4Sink(out, source.width, source.height, source.fps,
-                          media.provenance("benchmark"), audio_from=input_path,
+  sink = video.Mp4Sink(out, source.width, source.height, source.fps,
+                          provenance.provenance("benchmark"), audio_from=input_path,
                           audio_start=start / source.fps)
-  writer = video_io.OrderedWriter(sink)
+  writer = prefetch.OrderedWriter(sink)
   t0, n = time.perf_counter(), 0
-  for frame in video_io.background(source.frames(lambda i: i >= start)):
+  for frame in video.background(source.frames(lambda i: i >= start)):
     if end is not None and frame.index >= end:
       break
     if frame.rgb is not None:
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
   results["load_average_after"] = os.getloadavg()[0]
   if args.json:
-    media.write_bytes(args.json, json.dumps(results, indent=1).encode())
+    provenance.write_bytes(args.json, json.dumps(results, indent=1).encode())
   return 0
 
 

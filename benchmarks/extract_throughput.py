@@ -4,7 +4,7 @@
 
 Stages (one thread, after a warm-up): decode (OpenCV, incl. BGR->RGB), detection (BlazeFace full +
 short range), landmarks (face_mesh on each face's crop), alignment (Umeyama matrix, warp, masks,
-blur score), writing (PNG encode of crop + 2 masks and atomic writes). Then `tools/extract.py`'s
+blur score), writing (PNG encode of crop + 2 masks and atomic writes). Then `jaxswap.extract`'s
 real pipeline (reader thread, detection, writer threads) over the whole video into a temporary
 folder: its frames/s is the figure that counts; the stage sum shows what overlap buys.
 """
@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # pylint: disable=g-import-not-at-top
 
-from jaxswap import geometry
-from tools import detect, extract, video_io
+from jaxswap import extract, provenance, video
+from jaxswap.faces import detect, geometry, warp
 
 STAGES = ("decode", "detection", "landmarks", "alignment", "writing")
 
@@ -53,7 +53,7 @@ def time_stages(path: str, frames: int, warmup: int, size: int, coverage: float)
           if pts is None:
             continue
           m = geometry.alignment_matrix(pts, size, coverage)
-          crop = extract.align_face(rgb, m, size)
+          crop = warp.align_face(rgb, m, size)
           aligned = geometry.transform_points(m, pts)
           masks = [geometry.face_mask(aligned, size, k) for k in geometry.MASK_TYPES]
           extract.blur_score(crop, masks[0])
@@ -62,7 +62,7 @@ def time_stages(path: str, frames: int, warmup: int, size: int, coverage: float)
         for k, images in enumerate(crops):
           for j, image in enumerate(images):
             ok, buf = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
-            video_io.write_atomic(os.path.join(out, f"{i}_{k}_{j}.png"), buf.tobytes())
+            provenance.write_bytes(os.path.join(out, f"{i}_{k}_{j}.png"), buf.tobytes())
         t5 = time.perf_counter()
         if i >= warmup:
           for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
   if args.cores:
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
   cpus = len(os.sched_getaffinity(0))
-  src = video_io.open_source(args.input)
+  src = video.open_source(args.input)
   stages = time_stages(args.input, args.frames, args.warmup, args.size, args.coverage)
   n, faces = stages["frames"], stages["faces"]
   rows = {}

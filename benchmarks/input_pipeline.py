@@ -1,4 +1,4 @@
-"""Host input pipeline vs the train step: can `jaxswap.data.StepLoader` keep the device fed?
+"""Host input pipeline vs the train step: can `jaxswap.data.loader.StepLoader` keep the device fed?
 
     python benchmarks/input_pipeline.py --data-dir DIR --name jaxswap_faces --batch 64 \
         [--config configs/original.py] [--workers 2] [--prefetch 2] --json OUT.json
@@ -13,7 +13,7 @@ Measures, per batch size (per identity, per process):
 headroom = loader batches/s / step steps/s; below 1 the device waits for the host. On a CPU-only
 host the loader's threads compete with XLA for the same cores, which end-to-end shows.
 `--step-from TRAIN.json` reuses a train_throughput.py measurement instead of timing the step.
-Without --data-dir, a synthetic dataset (jaxswap.data.build_synthetic, the config's image size)
+Without --data-dir, a synthetic dataset (jaxswap.data.datasets.build_synthetic, the config's image size)
 is built in a temporary folder first.
 """
 
@@ -53,7 +53,8 @@ def time_serial(loader, steps: int) -> common.Timing:
 
 def bench_batch(config, data_dir: str, name: str, batch: int, args, mesh) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxswap import data, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxswap import models, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import loader as data  # pylint: disable=g-import-not-at-top
 
   workers = args.workers or config.data.workers
   prefetch = args.prefetch or config.data.prefetch
@@ -141,7 +142,8 @@ def main() -> None:
   common.add_common_args(parser, default_steps=20)
   args = common.parse_args(parser)
 
-  from jaxswap import data, parallel  # pylint: disable=g-import-not-at-top
+  from jaxswap import parallel  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import datasets as data  # pylint: disable=g-import-not-at-top
 
   config = common.load_config(args.config, args.overrides)
   env = common.environment()

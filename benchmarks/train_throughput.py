@@ -10,7 +10,7 @@ Adam); "model-only" is the same step without augmentation (inputs = targets = th
 like-for-like partner of the PyTorch twin (`--compare-torch`, see benchmarks/torch_twin.py).
 Without --data-dir every step sees one random uint8 batch made once on the host and placed on the
 mesh before timing; with --data-dir each timed step takes the next batch of
-`jaxswap.data.StepLoader.iterate` and assembles it on the mesh, so the figure is end to end.
+`jaxswap.data.loader.StepLoader.iterate` and assembles it on the mesh, so the figure is end to end.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def models_spec(config):
 def bench_config(config, batches, args, mesh) -> list[dict]:
   """Every requested mode at every batch size for one config; one row per (batch, mode)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxswap import data, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxswap import models, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import loader as data  # pylint: disable=g-import-not-at-top
 
   devices = mesh.devices.size
   model = models.create_model(config)

@@ -1,10 +1,3 @@
-"""faceswap 'Lightweight': the Original network with a narrower encoder and decoders."""
+"""`--config configs/lightweight.py`: the packaged `jaxswap.configs.lightweight` (edit that file, not this one)."""
 
-from configs import default
-
-
-def get_config():
-  c = default.get_config()
-  c.model.name = "lightweight"
-  c.image_size = 64
-  return c
+from jaxswap.configs.lightweight import get_config  # noqa: F401

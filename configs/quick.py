@@ -1,16 +1,3 @@
-"""The CPU recipe: LIAE at 128 px, trained for `steps` (the recommended count) on 2 cores.
+"""`--config configs/quick.py`: the packaged `jaxswap.configs.quick` (edit that file, not this one)."""
 
-See README "How good, how fast" for what it reaches and how long it takes.
-"""
-
-from configs import liae128
-
-
-def get_config():
-  c = liae128.get_config()
-  c.steps = 3000
-  c.optimizer.learning_rate = 2e-4
-  c.checkpoint_every = 500
-  c.preview_every = 500
-  c.log_every = 50
-  return c
+from jaxswap.configs.quick import get_config  # noqa: F401

@@ -21,7 +21,11 @@ import time
 import cv2
 import numpy as np
 
-from jaxswap import data, logs, media, swap, synthetic, synthetic_eval
+from jaxswap import logs, swap, synthetic_eval
+from jaxswap import provenance as media
+from jaxswap.data import datasets as data
+from jaxswap.data import synthetic
+from jaxswap.video import write_mp4
 from jaxswap.errors import JaxswapError
 
 log = logging.getLogger("jaxswap.demo")
@@ -30,7 +34,7 @@ DEFAULT_STEPS = 1200
 
 
 def demo_config(output: str, steps: int):
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.steps = steps
   config.data.dir = os.path.join(output, "data")
@@ -58,7 +62,7 @@ def swap_video(path: str, swap_fns, params, image_size: int, frames: int, scale:
 
   record = media.provenance("face swap demo video", run=run,
                             layout="input B | jaxswap B->A | ground truth A")
-  return media.write_mp4(path, (frame(i) for i in range(frames)), 30, record)
+  return write_mp4(path, (frame(i) for i in range(frames)), 30, record)
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:

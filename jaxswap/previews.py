@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxswap import media, parallel
+from jaxswap import parallel, provenance
 
 ROWS = ("A", "A->A", "A->B", "B", "B->B", "B->A")
 
@@ -40,6 +40,6 @@ def make_grid_fn(model, n: int, mesh):
 
 def write(workdir: str, step: int, image: jax.Array, run: str) -> str:
   path = os.path.join(workdir, "previews", f"step_{step:06d}.png")
-  record = media.provenance("training preview", run=run, step=step, rows=list(ROWS))
-  media.write_png(path, np.asarray(jax.device_get(image)), record)
+  record = provenance.provenance("training preview", run=run, step=step, rows=list(ROWS))
+  provenance.write_png(path, np.asarray(jax.device_get(image)), record)
   return path

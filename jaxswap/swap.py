@@ -38,6 +38,7 @@ def make_swap_fn(model: models.FaceSwapAutoencoder, to: str | int, mesh=None):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json; `config.face` is the crop geometry it was trained on (`run_face`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise JaxswapError(f"--workdir={workdir} has no config.json: not a jaxswap training run")
@@ -45,8 +46,20 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def run_face(config: ml_collections.ConfigDict) -> dict | None:
+  """{"coverage", "template", "size"} of the faces a run learnt, or None when it does not say.
+
+  Training records it from its dataset's metadata; None for synthetic data and older runs.
+  """
+  face = config.get("face")
+  return face.to_dict() if isinstance(face, ml_collections.ConfigDict) else None
+
+
 def load_run(workdir: str, step: int | None = None, mesh=None):
-  """(config, model, params) of the latest (or given) checkpoint of a training run."""
+  """(config, model, params) of the latest (or given) checkpoint of a training run.
+
+  `run_face(config)` gives the face geometry (coverage, template, size) the run was trained on.
+  """
   config = load_config(workdir)
   model = models.create_model(config)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1, async_save=False)

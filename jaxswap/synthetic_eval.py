@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxswap import losses, synthetic
+from jaxswap import losses
+from jaxswap.data import synthetic
 
 BASELINES = ("identity", "pose_blind")
 _SSIM_WINDOW = 11

@@ -24,7 +24,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, data, logs, losses, media, models, parallel, previews
+from jaxswap import augment, logs, losses, models, parallel, previews
+from jaxswap import provenance as media
+from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
 from jaxswap.errors import JaxswapError
 
@@ -234,8 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = init()
   if is_main:
     media.write_bytes(os.path.join(workdir, "config.json"),
-                      json.dumps(config.to_dict(), indent=2).encode())
-  meta = {"architecture": architecture(config), "config": config.to_dict()}
+                      json.dumps(dict(config.to_dict(), face=loader.spec.face), indent=2).encode())
+  meta = {"architecture": architecture(config), "config": config.to_dict(),
+          "face": loader.spec.face}  # the faces it learns: conversion crops the same way
 
   # Compile once, ahead of time.
   step_fn = make_train_step(model, tx, config, mesh)

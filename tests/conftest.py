@@ -24,15 +24,24 @@ import pytest  # noqa: E402  (after XLA_FLAGS on purpose)
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A small synthetic two-identity TFDS dataset (64 px), built once per test session."""
-  from jaxswap import data
+  from jaxswap.data import datasets as data
   path = str(tmp_path_factory.mktemp("tfds"))
   data.build_synthetic(path, num_frames=96, image_size=64, num_shards=2)
   return path
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_data_dir):
+  """A briefly trained `tiny` run: two real training steps on the synthetic identities."""
+  from jaxswap import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("run") / "tiny")
+  train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=2), workdir, progress=False)
+  return workdir
+
+
 def tiny_config(data_dir, **overrides):
   """configs/tiny.py shrunk for tests; overrides are dotted keys."""
-  from configs import tiny
+  from jaxswap.configs import tiny
   config = tiny.get_config()
   config.data.dir = data_dir
   config.data.name = "jaxswap_synthetic"

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
+from jaxswap.configs import default
 from jaxswap import augment as aug
 
 

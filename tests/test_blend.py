@@ -4,8 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import geometry as g
-from tools import blend, convert_faces, extract
+from jaxswap import convert_faces
+from jaxswap.faces import composite as blend
+from jaxswap.faces import geometry as g
+from jaxswap.faces import warp
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -21,7 +23,7 @@ def test_rescale_matrix_equals_a_fresh_alignment_at_the_new_size():
   pts = np.random.default_rng(0).uniform(100, 300, (g.NUM_LANDMARKS, 2))
   m256 = g.alignment_matrix(pts, 256, 0.85)
   for size in (64, 128, 333):
-    np.testing.assert_allclose(blend.rescale_matrix(m256, 256, size),
+    np.testing.assert_allclose(warp.rescale_matrix(m256, 256, size),
                                g.alignment_matrix(pts, size, 0.85), atol=1e-9)
 
 
@@ -99,12 +101,12 @@ def test_inverse_warp_round_trip_reproduces_the_frame():
   for angle, scale in ((12.0, 1.15), (-25.0, 0.9)):
     size = 200
     m = similarity(angle, scale, (230, 150), (size / 2, size / 2))
-    crop = extract.align_face(frame, m, size)
-    roi = blend.face_roi(m, size, frame.shape[1], frame.shape[0])
-    back = blend.warp_to_frame(crop.astype(np.float32), m, roi, cv2.INTER_CUBIC)
+    crop = warp.align_face(frame, m, size)
+    roi = warp.face_roi(m, size, frame.shape[1], frame.shape[0])
+    back = warp.warp_to_frame(crop.astype(np.float32), m, roi, cv2.INTER_CUBIC)
     x0, y0, x1, y1 = roi
     # Frame pixels whose pre-image lies at least 4 crop pixels inside the crop.
-    inside = blend.warp_to_frame(np.ones((size, size), np.float32), m, roi, cv2.INTER_NEAREST)
+    inside = warp.warp_to_frame(np.ones((size, size), np.float32), m, roi, cv2.INTER_NEAREST)
     inside = cv2.erode(inside, np.ones((9, 9), np.uint8)) > 0
     diff = np.abs(back - frame[y0:y1, x0:x1].astype(np.float32))[inside]
     assert inside.sum() > 0.5 * (size / scale) ** 2

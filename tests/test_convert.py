@@ -1,4 +1,4 @@
-"""tools/convert.py end to end on synthetic video with a tiny run: frames, pixels, audio, errors.
+"""jaxswap.convert (jaxswap-convert) end to end on synthetic video with a tiny run: frames, pixels, audio, errors.
 
 The run is a `tiny` network trained for two steps on the synthetic identities: conversion's
 behaviour does not depend on how well the model was trained.
@@ -14,23 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import alignments, geometry as g, media, synthetic
-from tests.conftest import ROOT, tiny_config
-from tools import convert, extract
+from jaxswap import convert, extract, provenance
+from jaxswap import video as video_io
+from jaxswap.data import synthetic
+from jaxswap.faces import alignments, geometry as g
+from tests.conftest import ROOT
 
 W, H, N, FPS, SIZE = 161, 121, 10, 10.0, 64  # odd frame size on purpose
 NO_FACE = (3, 7)
-needs_ffmpeg = pytest.mark.skipif(media.ffmpeg_exe() is None,
+needs_ffmpeg = pytest.mark.skipif(video_io.ffmpeg_exe() is None,
                                   reason="imageio-ffmpeg's ffmpeg binary is absent")
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, synthetic_data_dir):
-  """A briefly trained `tiny` run: two real training steps on the synthetic identities."""
-  from jaxswap import train  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("run") / "tiny")
-  train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=2), workdir, progress=False)
-  return workdir
 
 
 def fake_mesh(size: int) -> np.ndarray:
@@ -52,7 +45,7 @@ def face_matrix(i: int, cx: float = 80.0) -> np.ndarray:
 
 
 def write_input(path: str, frames: list, audio: bool = False) -> None:
-  exe = media.ffmpeg_exe()
+  exe = video_io.ffmpeg_exe()
   h, w = frames[0].shape[:2]
   cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
          "-r", str(FPS), "-i", "-"]
@@ -108,13 +101,13 @@ def make_video(folder, centres=(80.0,), audio=False):
   video = os.path.join(folder, "b.mp4")
   write_input(video, frames, audio)
   doc_path = os.path.join(folder, "alignments.json")
-  media.write_bytes(doc_path, alignments.dumps(alignments_doc(video, placed)))
+  provenance.write_bytes(doc_path, alignments.dumps(alignments_doc(video, placed)))
   return video, doc_path, placed
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-  if media.ffmpeg_exe() is None:
+  if video_io.ffmpeg_exe() is None:
     pytest.skip("imageio-ffmpeg's ffmpeg binary is absent")
   return make_video(str(tmp_path_factory.mktemp("video")))
 
@@ -142,9 +135,9 @@ def test_mp4_keeps_frame_count_size_fps_and_is_tagged(video, tiny_run, tmp_path)
   assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (W, H)
   assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS)
   assert len(read_frames(out)) == N
-  record = media.provenance_of(out)
+  record = video_io.provenance_of(out)
   assert record["synthetic"] is True and record["run"] == os.path.abspath(tiny_run)
-  assert record["digital_source_type"] == media.IPTC_SYNTHETIC and record["to"] == "a"
+  assert record["digital_source_type"] == provenance.IPTC_SYNTHETIC and record["to"] == "a"
   assert os.listdir(tmp_path) == ["out.mp4"]
 
 
@@ -157,7 +150,7 @@ def test_png_frames_are_untouched_outside_the_mask(video, tiny_run, tmp_path, co
                   progress=False)
   names = sorted(os.listdir(tmp_path / "png"))
   assert names == [f"frame_{i:06d}.png" for i in range(N)]
-  assert media.provenance_of(str(tmp_path / "png" / names[0]))["synthetic"] is True
+  assert video_io.provenance_of(str(tmp_path / "png" / names[0]))["synthetic"] is True
   for i, (name, inp) in enumerate(zip(names, read_frames(path))):
     out = cv2.cvtColor(cv2.imread(str(tmp_path / "png" / name)), cv2.COLOR_BGR2RGB)
     if i in NO_FACE:
@@ -187,12 +180,12 @@ def test_face_index_swaps_only_that_face(tiny_run, tmp_path):
 @needs_ffmpeg
 def test_audio_track_is_kept(tiny_run, tmp_path):
   path, doc, _ = make_video(str(tmp_path), audio=True)
-  assert media.audio_codec(path) == "aac"
+  assert video_io.audio_codec(path) == "aac"
   out = str(tmp_path / "out.mp4")
   convert.convert(path, tiny_run, out, convert.Options(batch=8, frames=(2, 8)),
                   alignments_path=doc, progress=False)
-  assert media.audio_codec(out) == "aac" and len(read_frames(out)) == 6
-  err = subprocess.run([media.ffmpeg_exe(), "-i", out], capture_output=True, text=True).stderr
+  assert video_io.audio_codec(out) == "aac" and len(read_frames(out)) == 6
+  err = subprocess.run([video_io.ffmpeg_exe(), "-i", out], capture_output=True, text=True).stderr
   duration = err.split("Duration: ")[1].split(",")[0]
   assert duration.startswith("00:00:00.6"), duration  # 6 frames at 10 fps, audio trimmed too
 
@@ -256,23 +249,19 @@ def test_alignments_of_another_size_or_coverage_are_refused(video, tiny_run, tmp
   path, doc_path, _ = video
   doc = alignments.load(doc_path)
   other = dict(doc, source=dict(doc["source"], width=W + 1))
-  media.write_bytes(str(tmp_path / "wide.json"), alignments.dumps(other))
+  provenance.write_bytes(str(tmp_path / "wide.json"), alignments.dumps(other))
   code, err = run_cli(capsys, "--input", path, "--workdir", tiny_run, "--to", "a",
                       "--output", str(tmp_path / "o.mp4"), "--alignments",
                       str(tmp_path / "wide.json"))
   assert code == 2 and f"{W + 1}x{H}" in err
-  # A run trained on faces cropped at coverage 0.7, and alignments at 0.85.
-  ext = tmp_path / "extracted"
-  ext.mkdir()
-  media.write_bytes(str(ext / "alignments.json"), alignments.dumps(
-      dict(doc, settings=dict(doc["settings"], coverage=0.7))))
-  meta = tmp_path / "data" / "jaxswap_faces" / "1.0.0"
-  meta.mkdir(parents=True)
-  (meta / "metadata.json").write_text(json.dumps({"sources": [{"folder": str(ext)}]}))
+  # A run trained on faces cropped at coverage 0.7 (its config.json says so; its dataset is
+  # nowhere to be found, as after a move), and alignments at 0.85.
   run = tmp_path / "run"
   shutil.copytree(tiny_run, run)
   config = json.loads((run / "config.json").read_text())
-  config["data"].update(dir=str(tmp_path / "data"), name="jaxswap_faces")
+  assert config["face"] is None  # trained on synthetic faces: no crop geometry
+  config["data"].update(dir=str(tmp_path / "moved_away"), name="jaxswap_faces")
+  config["face"] = {"coverage": 0.7, "template": extract.TEMPLATE_ID, "size": SIZE}
   (run / "config.json").write_text(json.dumps(config))
   code, err = run_cli(capsys, "--input", path, "--workdir", str(run), "--to", "a",
                       "--output", str(tmp_path / "o.mp4"), "--alignments", doc_path)

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import alignments
-from jaxswap import geometry as g
-from tools import extract
-from tools import video_io
+from jaxswap import extract, images
+from jaxswap.faces import alignments
+from jaxswap.faces import geometry as g
+from jaxswap.faces import warp
 
 skimage_data = pytest.importorskip("skimage.data")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +74,7 @@ def corner_error(m_ref: np.ndarray, m: np.ndarray, t: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def detector():
-  from tools import detect  # pylint: disable=g-import-not-at-top
+  from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
   with detect.FaceDetector() as d:
     yield d
 
@@ -118,8 +118,8 @@ def test_alignment_follows_a_known_transform(detector, reference, angle, scale, 
   # The transformed copy's matrix is the reference's composed with the inverse transform.
   assert corner_error(m_ref, m, t) < CORNER_TOL
   # So the two crops show the same face: mean difference over the face of a few grey levels.
-  crop_ref = extract.align_face(astronaut(), m_ref, CROP)
-  crop = extract.align_face(moved, m, CROP)
+  crop_ref = warp.align_face(astronaut(), m_ref, CROP)
+  crop = warp.align_face(moved, m, CROP)
   inside = g.face_mask(g.transform_points(m_ref, face.landmarks), CROP) > 0
   assert np.abs(crop_ref.astype(float) - crop)[inside].mean() < 6.0
 
@@ -129,7 +129,7 @@ def test_align_face_shrinks_without_aliasing():
   board = (np.indices((512, 512)).sum(0) % 2 * 255).astype(np.uint8)
   frame = np.repeat(board[..., None], 3, -1)
   m = similarity(10, 0.25, 50 - 256, 50 - 256)  # the frame's centre to the crop's
-  crop = extract.align_face(frame, m, 100)[10:-10, 10:-10].astype(float)
+  crop = warp.align_face(frame, m, 100)[10:-10, 10:-10].astype(float)
   naive = cv2.warpAffine(frame, m, (100, 100), flags=cv2.INTER_LINEAR)[10:-10, 10:-10]
   assert abs(crop.mean() - 127.5) < 3 and crop.std() < 8
   assert naive.std() > 4 * crop.std()
@@ -355,7 +355,7 @@ def test_exif_orientation_matches_opencv(tmp_path, orientation):
   path = str(tmp_path / "o.jpg")
   open(path, "wb").write(with_exif_orientation(jpeg.tobytes(), orientation))
   expected = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)  # applies EXIF
-  got = video_io.read_image(path)
+  got = images.read_image(path)
   assert got.shape == expected.shape and np.array_equal(got, expected)
   assert got.shape[:2] == ((40, 60) if orientation <= 4 else (60, 40))
 
@@ -364,21 +364,21 @@ def test_16bit_gray_and_rgba_images(tmp_path):
   rng = np.random.default_rng(0)
   deep = rng.integers(0, 65536, (8, 9, 3), np.uint16)
   cv2.imwrite(str(tmp_path / "deep.png"), deep)
-  got = video_io.read_image(str(tmp_path / "deep.png"))
+  got = images.read_image(str(tmp_path / "deep.png"))
   np.testing.assert_array_equal(got, np.rint(deep[..., ::-1] / 257.0).astype(np.uint8))
   gray = rng.integers(0, 256, (8, 9), np.uint8)
   cv2.imwrite(str(tmp_path / "gray.png"), gray)
-  np.testing.assert_array_equal(video_io.read_image(str(tmp_path / "gray.png")),
+  np.testing.assert_array_equal(images.read_image(str(tmp_path / "gray.png")),
                                 np.repeat(gray[..., None], 3, -1))
   bgra = np.zeros((8, 9, 4), np.uint8)
   bgra[..., :3] = (10, 20, 30)
   bgra[:4, ..., 3] = 255  # top half opaque, bottom half transparent
   cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
-  got = video_io.read_image(str(tmp_path / "rgba.png"))
+  got = images.read_image(str(tmp_path / "rgba.png"))
   assert np.all(got[:4] == (30, 20, 10)) and np.all(got[4:] == 255)
 
 
 def test_images_listed_in_natural_order(tmp_path):
   for name in ("img10.jpg", "img2.PNG", "img1.webp", "a.bmp", "skip.txt", ".hidden.png"):
     (tmp_path / name).write_bytes(b"")
-  assert video_io.list_images(str(tmp_path)) == ["a.bmp", "img1.webp", "img2.PNG", "img10.jpg"]
+  assert images.list_images(str(tmp_path)) == ["a.bmp", "img1.webp", "img2.PNG", "img10.jpg"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
 
-from jaxswap import geometry as g
+from jaxswap.faces import geometry as g
 
 
 def similarity(scale, angle, tx, ty):

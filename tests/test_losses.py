@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jaxswap.configs import default
 from jaxswap import losses
 
 

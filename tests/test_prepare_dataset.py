@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxswap import alignments
-from jaxswap import data
-from jaxswap import data_faces
-from jaxswap import geometry as g
+from jaxswap import extract, prepare
+from jaxswap.data import datasets as data
+from jaxswap.data import loader
+from jaxswap.errors import JaxswapError
+from jaxswap.faces import alignments
+from jaxswap.faces import geometry as g
 from tests.test_extract import astronaut, similarity, write_video
-from tools import prepare_dataset
 
 pytest.importorskip("skimage.data")
 SIZE = 64
@@ -37,7 +38,7 @@ def prepared(tmp_path_factory):
   photos = str(root / "photos")
   write_photos(photos)
   out = str(root / "dataset")
-  result = prepare_dataset.prepare([video], [photos], out, size=SIZE, progress=False)
+  result = prepare.prepare([video], [photos], out, size=SIZE, progress=False)
   return {"video": video, "photos": photos, "out": out, "result": result}
 
 
@@ -80,17 +81,36 @@ def test_records_match_the_extracted_faces(prepared):
     assert priority[eyes[:, 1], eyes[:, 0]].all()
 
 
+def test_dataset_records_its_face_geometry(prepared):
+  face = {"coverage": 0.85, "template": extract.TEMPLATE_ID, "size": SIZE}
+  assert data.face_geometry(prepared["out"], "jaxswap_faces") == face
+  assert data.face_geometry(prepared["out"], "jaxswap_faces:1.0.0") == face
+  assert data.face_geometry(prepared["out"], "jaxswap_synthetic") is None
+  spec = loader.StepLoader(prepared["out"], "jaxswap_faces", "train", 8, seed=0).spec
+  assert spec.face == face and spec.image_size == SIZE
+
+
+def test_folders_of_different_coverage_make_no_dataset(prepared, tmp_path, capsys):
+  other = str(tmp_path / "other")
+  extract.extract(prepared["photos"], other, extract.Settings(size=128, coverage=0.7,
+                                                               faces="largest"), progress=False)
+  dirs = prepare.extracted_dirs
+  with pytest.raises(JaxswapError, match="coverage 0.85.*coverage 0.7|coverage 0.7.*coverage 0.85"):
+    prepare.build_faces(str(tmp_path / "ds"), dirs(prepared["out"], "a", [prepared["video"]]),
+                        [other], image_size=SIZE)
+
+
 def test_unchanged_inputs_reuse_the_dataset(prepared):
   out = prepared["out"]
-  dirs = prepare_dataset.extracted_dirs
+  dirs = prepare.extracted_dirs
   kwargs = dict(image_size=SIZE, min_face=SIZE / 2, min_blur=10.0)
-  again = data_faces.build_faces(out, dirs(out, "a", [prepared["video"]]),
+  again = prepare.build_faces(out, dirs(out, "a", [prepared["video"]]),
                                  dirs(out, "b", [prepared["photos"]]), **kwargs)
   assert not again["built"] and again["splits"] == prepared["result"]["splits"]
 
 
 def test_prepare_cli_prints_the_train_command(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
                                prepared["out"], "--quiet"])
   out = capsys.readouterr().out
   assert code == 0 and "unchanged, reused" in out
@@ -99,13 +119,13 @@ def test_prepare_cli_prints_the_train_command(prepared, capsys):
 
 
 def test_same_person_twice_is_refused(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["video"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["video"], "--output",
                                prepared["out"] + "_x", "--quiet"])
   assert code == 2 and "same input" in capsys.readouterr().err
 
 
 def test_filters_that_leave_nothing_are_an_error(prepared, capsys):
-  code = prepare_dataset.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
+  code = prepare.main(["--a", prepared["video"], "--b", prepared["photos"], "--output",
                                prepared["out"], "--min-face", "5000", "--quiet"])
   err = capsys.readouterr().err
   assert code == 2 and "no usable training faces of identity 'a'" in err and "small" in err
@@ -114,13 +134,27 @@ def test_filters_that_leave_nothing_are_an_error(prepared, capsys):
 @pytest.mark.slow
 def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
   train = pytest.importorskip("jaxswap.train")
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.dir = prepared["out"]
   config.data.name = "jaxswap_faces"
   config.image_size = SIZE
   config.steps = 1
   config.batch_size = 8
+  config.compilation_cache = ""  # the session's, from the environment
   state = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
   assert int(state.step) == 1
   assert os.path.exists(tmp_path / "run" / "metrics.jsonl")
+  # The run knows the faces it learnt, without its dataset: config.json and the checkpoint.
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
+  from jaxswap.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  expected = {"coverage": 0.85, "template": extract.TEMPLATE_ID, "size": SIZE}
+  os.rename(prepared["out"], prepared["out"] + "_moved")
+  try:
+    loaded, _, _ = swap.load_run(str(tmp_path / "run"))
+    assert swap.run_face(loaded) == expected
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), every=1, keep=1, async_save=False)
+    assert ckpt.meta(1)["face"] == expected
+    ckpt.close()
+  finally:
+    os.rename(prepared["out"] + "_moved", prepared["out"])

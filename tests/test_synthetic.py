@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxswap import synthetic
+from jaxswap.data import synthetic
 from jaxswap.errors import JaxswapError
 
 NOSE = synthetic.LANDMARK_NAMES.index("nose_tip")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from jaxswap import synthetic, synthetic_eval
+from jaxswap import synthetic_eval
+from jaxswap.data import synthetic
 
 N, SEED = 32, 5
 

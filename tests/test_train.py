@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxswap import data, models, parallel, swap, train
+from jaxswap import models, parallel, swap, train
+from jaxswap.data import loader as data
 from jaxswap.errors import JaxswapError
 from tests.conftest import ROOT, tiny_config
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
-import json
 import logging
 import os
 import time
@@ -19,9 +17,9 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxswap import alignments, geometry
+from jaxswap import video
 from jaxswap.errors import JaxswapError
-from tools import blend, extract, video_io
+from jaxswap.faces import alignments, geometry, warp
 
 log = logging.getLogger(__name__)
 DEFAULT_COVERAGE = 0.85
@@ -45,8 +43,9 @@ class Job:
 class Run:
   """A trained run's swap function at a fixed batch shape (compiles once)."""
 
-  def __init__(self, config, fn, jitted, step: int | None, batch: int):
+  def __init__(self, config, fn, jitted, step: int | None, batch: int, face: dict | None = None):
     self.config, self.fn, self._jitted, self.step, self.batch = config, fn, jitted, step, batch
+    self.face = face  # coverage, template, size of the faces it learnt; None if not recorded
     self.size = int(config.image_size)
     self.model_name = config.model.name
     self.has_mask = bool(config.model.learn_mask)
@@ -56,40 +55,20 @@ class Run:
     import jax  # pylint: disable=g-import-not-at-top
     from jaxswap import swap  # pylint: disable=g-import-not-at-top
     config = swap.load_config(workdir)
+    face = swap.run_face(config)
     step = latest_step(workdir)
     if step is None:
       raise JaxswapError(f"--workdir={workdir} has no checkpoint yet: train first")
     devices = jax.device_count()
     batch = -(-batch // devices) * devices  # the mesh splits the batch evenly
     if model_fn is not None:
-      return cls(config, model_fn, None, step, batch)
+      return cls(config, model_fn, None, step, batch, face)
     config, model, params = swap.load_run(workdir)
     jitted = swap.make_swap_fn(model, to)
-    return cls(config, lambda faces: jitted(params, faces), jitted, step, batch)
+    return cls(config, lambda faces: jitted(params, faces), jitted, step, batch, face)
 
   def compilations(self) -> int | None:
     return self._jitted._cache_size() if self._jitted is not None else None  # pylint: disable=protected-access
-
-  def dataset_alignment(self) -> dict | None:
-    """{"coverage", "template"} of the extraction the run's dataset was built from, if known."""
-    name = self.config.data.name.split(":")[0]
-    if name != "jaxswap_faces":
-      return None
-    data_dir = self.config.data.dir or os.path.expanduser("~/tensorflow_datasets")
-    found = set()
-    for meta in sorted(glob.glob(os.path.join(data_dir, name, "*", "metadata.json"))):
-      try:
-        with open(meta, "rb") as f:
-          sources = json.loads(f.read()).get("sources", [])
-        for src in sources:
-          s = alignments.load(os.path.join(src["folder"], alignments.FILENAME))["settings"]
-          found.add((float(s["coverage"]), s.get("template")))
-      except (OSError, ValueError, KeyError, JaxswapError):
-        continue
-    if len(found) != 1:
-      return None
-    coverage, template = found.pop()
-    return {"coverage": coverage, "template": template}
 
   def batches(self, stream: Iterator, timer, max_frames: int | None = None) -> Iterator:
     """(frame, jobs) in order, jobs filled; one batch on the device while the next is aligned."""
@@ -99,7 +78,7 @@ class Run:
     for frame, jobs in stream:
       t0 = time.perf_counter()
       for job in jobs:
-        job.crop = extract.align_face(frame.rgb, job.matrix, self.size)
+        job.crop = warp.align_face(frame.rgb, job.matrix, self.size)
         crops.append(job.crop)
       timer.add("align", time.perf_counter() - t0)
       items.append((frame, jobs))
@@ -167,13 +146,17 @@ class FaceSource:
 
   @classmethod
   def create(cls, source, run: Run, alignments_path: str | None, opts) -> "FaceSource":
-    trained = run.dataset_alignment()
+    trained = run.face
+    if trained is None:
+      log.warning("the run does not record the coverage of the faces it was trained on (a "
+                  "synthetic dataset, or a run older than that record): alignments are not "
+                  "checked, and detection crops at coverage %s", opts.coverage or DEFAULT_COVERAGE)
     if alignments_path is not None:
       doc = alignments.load(alignments_path)
       check_alignments(doc, alignments_path, source, trained)
       return cls(source, run, opts, lookup=alignment_lookup(doc, run.size))
     coverage = opts.coverage or (trained or {}).get("coverage") or DEFAULT_COVERAGE
-    from tools import detect  # pylint: disable=g-import-not-at-top
+    from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
     return cls(source, run, opts, detector=detect.FaceDetector(), coverage=coverage)
 
   def close(self) -> None:
@@ -213,7 +196,7 @@ class FaceSource:
     items = self._read(timer)
     if self.opts.smooth > 0:
       items = smooth_stream(items, self.opts.smooth, self.run.size)
-    return video_io.background(items, depth=16)
+    return video.background(items, depth=16)
 
 
 def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None:
@@ -223,7 +206,7 @@ def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None
     raise JaxswapError(f"--alignments {path} was made from a {src.get('width')}x"
                        f"{src.get('height')} input ({src.get('path')}), but --input is "
                        f"{source.width}x{source.height}")
-  if src.get("fingerprint") and src["fingerprint"] != video_io.fingerprint(source.path):
+  if src.get("fingerprint") and src["fingerprint"] != video.fingerprint(source.path):
     log.warning("%s was made from %s, a different file than %s; frame numbers may not match",
                 path, src.get("path"), source.path)
   if trained is None:
@@ -247,7 +230,7 @@ def alignment_lookup(doc: dict, size: int) -> dict[int, list]:
     m = alignments.matrix(face)
     if m is not None:
       out.setdefault(frame["frame"], []).append(
-          (blend.rescale_matrix(m, ref, size), alignments.landmarks(face)))
+          (warp.rescale_matrix(m, ref, size), alignments.landmarks(face)))
   return out
 
 

@@ -1,6 +1,6 @@
 """The alignments file (`alignments.json`): where every extracted face came from, versioned JSON.
 
-Written by `tools/extract.py`, read by the dataset builder and by conversion; never pickle. The
+Written by `jaxswap.extract`, read by the dataset builder and by conversion; never pickle. The
 schema is documented in README.md ("alignments.json"); `load` checks it and migrates older
 versions, so a reader only ever sees the current one.
 
@@ -61,7 +61,7 @@ def load(path: str) -> dict:
     with open(path, "rb") as f:
       doc = json.loads(f.read())
   except FileNotFoundError:
-    raise JaxswapError(f"{path} does not exist (run tools/extract.py first)") from None
+    raise JaxswapError(f"{path} does not exist (run jaxswap-extract first)") from None
   except (OSError, ValueError) as e:
     raise JaxswapError(f"cannot read alignments file {path}: {e}") from None
   if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:

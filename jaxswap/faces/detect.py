@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from jaxswap.errors import JaxswapError
+from jaxswap.faces.geometry import NUM_LANDMARKS
 
-NUM_LANDMARKS = 478
 _MESH_INPUT = 256  # side of the square crop handed to face_mesh
 
 

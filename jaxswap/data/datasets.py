@@ -1,7 +1,9 @@
-"""Face datasets (TFDS array_record, no TensorFlow) and the step-indexed host loader.
+"""Face datasets as TFDS array_record files (no TensorFlow): the one module that imports TFDS.
 
-Both datasets share one feature spec, so the loader and the train step never care whether faces
-came from `tools/extract.py` or from `jaxswap.synthetic`:
+Features, PNG codec, the builders (synthetic identities; real faces from a plan made by
+`jaxswap.prepare`), their metadata, and opening a split for the loader. Both datasets share one
+feature spec, so the loader and the train step never care whether faces came from
+`jaxswap.extract` or from `jaxswap.data.synthetic`:
 
   image     PNG bytes, RGB aligned face (size x size)
   mask      PNG bytes, 1 channel, 255 inside the face
@@ -20,15 +22,17 @@ at the end of each source, so neighbouring (near-identical) frames never straddl
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
+import json
 import os
-from typing import Any, Callable, Iterator
+import tempfile
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxswap import prefetch, synthetic
+from jaxswap.data import synthetic
+from jaxswap.provenance import encode_png
 from jaxswap.errors import JaxswapError
 
 IDENTITIES = ("a", "b")
@@ -37,18 +41,6 @@ SPLITS = ("train", "validation")
 
 def split_name(split: str, identity: str) -> str:
   return f"{split}_{identity}"
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """PNG bytes of an RGB (H,W,3) or single-channel (H,W[,1]) uint8 image."""
-  if image.ndim == 3 and image.shape[-1] == 3:
-    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-  elif image.ndim == 3:
-    image = image[..., 0]
-  ok, buf = cv2.imencode(".png", image)
-  if not ok:
-    raise ValueError("PNG encoding failed")
-  return buf.tobytes()
 
 
 def decode_png(data: bytes, channels: int) -> np.ndarray:
@@ -153,17 +145,6 @@ def build_synthetic(data_dir: str, *, num_frames: int = 1000, image_size: int = 
   return builder.name
 
 
-# ----------------------------------------------------------------------------------------------
-# Loader
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  image_size: int
-  num_examples: dict  # identity -> examples in this process's part of the split
-
-
 def open_split(data_dir: str, name: str, split: str, identity: str, process_index: int = 0,
                process_count: int = 1):
   """This process's even share of one identity's split, as a random-access data source."""
@@ -176,92 +157,101 @@ def open_split(data_dir: str, name: str, split: str, identity: str, process_inde
   except Exception as e:  # TFDS raises several types for a missing/foreign dataset.
     raise JaxswapError(
         f"cannot open dataset {name!r} split {full!r} in --config.data.dir={data_dir!r}: {e}. "
-        "Build one with tools/prepare_dataset.py (real faces) or `python -m jaxswap.demo`."
+        "Build one with jaxswap-prepare (real faces) or `python -m jaxswap.demo`."
     ) from None
 
 
-class StepLoader:
-  """Deterministic batches: the global batch of step s depends only on (seed, s, shards).
+# ----------------------------------------------------------------------------------------------
+# Real faces
+# ----------------------------------------------------------------------------------------------
 
-  Each identity's split is cut into `shards` even parts (default: one per process). Part g
-  contributes batch_size/shards faces to every step, visiting its examples in a fresh permutation
-  every epoch drawn from (seed, identity, g, epoch), and the global batch is the parts in order.
-  A process reads only the parts it owns, so processes read disjoint files; and since the global
-  batch does not depend on how many processes share the parts, a run resumed with a different
-  process count (same `shards`) sees exactly the batches the uninterrupted run would have seen.
-  Decoding runs in a thread pool (cv2 releases the GIL), `prefetch` steps ahead.
+FACES_NAME = "jaxswap_faces"
+
+
+class JaxswapFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Aligned real faces of two people (a, b) from extracted videos or photo folders.
+
+  `plan` maps each split to its faces (any objects); `make_example(face)` returns the (key,
+  example) of one. The face pipeline makes both (`jaxswap.prepare`), so this module never needs
+  to know what an extraction folder looks like. Unregistered: readers (the loader) open the
+  prepared files, whose stored features say how many landmarks a face has.
   """
 
-  def __init__(self, data_dir: str, name: str, split: str, batch_size: int, *, seed: int,
-               process_index: int = 0, process_count: int = 1, shards: int = 0,
-               workers: int = 2, prefetch: int = 2):
-    shards = shards or process_count
-    if shards % process_count:
-      raise JaxswapError(f"--config.data.shards={shards} must be a multiple of the "
-                         f"{process_count} processes")
-    if batch_size % shards:
-      raise JaxswapError(f"--config.batch_size={batch_size} is not divisible by the {shards} "
-                         "data shards (--config.data.shards, default: one per process)")
-    self.shard_batch = batch_size // shards
-    self.local_batch = batch_size // process_count
-    self.seed = seed
-    per_process = shards // process_count
-    self.groups = list(range(process_index * per_process, (process_index + 1) * per_process))
-    self.sources = {ident: [open_split(data_dir, name, split, ident, g, shards)
-                            for g in self.groups] for ident in IDENTITIES}
-    for ident, parts in self.sources.items():
-      if any(len(src) == 0 for src in parts):
-        raise JaxswapError(f"dataset {name!r} in {data_dir!r} has too few faces of identity "
-                           f"{ident!r} in split {split!r} for {shards} shards")
-    self.workers = max(1, workers)
-    self.prefetch = max(1, prefetch)
-    first = self._decode(self.sources["a"][0][0])
-    self.spec = DatasetSpec(image_size=first["image"].shape[0],
-                            num_examples={k: sum(map(len, v)) for k, v in self.sources.items()})
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
 
-  def indices(self, identity: str, step: int, part: int = 0) -> np.ndarray:
-    """Record indices, within the `part`-th shard this process owns, of a step's faces."""
-    n = len(self.sources[identity][part])
-    pos = step * self.shard_batch + np.arange(self.shard_batch)
-    epochs, offsets = np.divmod(pos, n)
-    out = np.empty_like(pos)
-    for epoch in np.unique(epochs):
-      rng = np.random.default_rng(
-          [self.seed, IDENTITIES.index(identity), self.groups[part], int(epoch)])
-      sel = epochs == epoch
-      out[sel] = rng.permutation(n)[offsets[sel]]
-    return out
+  def __init__(self, *, plan: dict[str, list] | None = None,
+               make_example: Callable[[object], tuple[str, dict]] | None = None,
+               num_landmarks: int = 0, metadata: dict | None = None, workers: int = 2,
+               **kwargs):
+    # Without a plan the builder can only read a dataset that is already prepared.
+    self._plan = plan or {}
+    self._make_example = make_example
+    self._num_landmarks = num_landmarks or (metadata or {}).get("num_landmarks", 0)
+    self._metadata = metadata or {}
+    self._workers = workers
+    super().__init__(**kwargs)
 
-  @staticmethod
-  def _decode(record: dict) -> dict:
-    return {"image": decode_png(record["image"], 3), "mask": decode_png(record["mask"], 1),
-            "priority": decode_png(record["priority"], 1)}
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="jaxswap aligned faces extracted by jaxswap-extract (mediapipe 478 points).",
+        features=face_features(self._num_landmarks),
+        metadata=tfds.core.MetadataDict(self._metadata),
+    )
 
-  def batch(self, step: int, pool: concurrent.futures.Executor | None = None) -> dict:
-    """Host-local uint8 batch of `step`: image_a, image_b (b,H,W,3); mask_*, priority_* (b,H,W,1)."""
-    out = {}
-    for ident in IDENTITIES:
-      records = []
-      for part, src in enumerate(self.sources[ident]):
-        records += src.__getitems__([int(i) for i in self.indices(ident, step, part)])
-      decoded = list(pool.map(self._decode, records) if pool else map(self._decode, records))
-      for key in ("image", "mask", "priority"):
-        out[f"{key}_{ident}"] = np.stack([d[key] for d in decoded])
-    return out
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    if not self._plan:
+      raise JaxswapError("JaxswapFaces needs a plan to build; use jaxswap.prepare.build_faces")
+    return {name: self._generate_examples(refs) for name, refs in self._plan.items() if refs}
 
-  def iterate(self, start_step: int, stop_step: int | None = None,
-              place: Callable[[dict], Any] | None = None) -> Iterator[tuple[int, Any]]:
-    """(step, batch) from start_step on, produced by a background thread.
+  def _generate_examples(self, refs: list) -> Iterator[tuple[str, dict]]:
+    # cv2 releases the GIL: decode, resize and re-encode in threads.
+    with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+      for lo in range(0, len(refs), 64):  # bounded: never all decoded faces in memory at once
+        yield from pool.map(self._make_example, refs[lo:lo + 64])
 
-    `place` (e.g. assembling the global device array) also runs in that thread, so host-to-device
-    copies of the next batches overlap the current step.
-    """
-    def produce():
-      with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-        step = start_step
-        while stop_step is None or step < stop_step:
-          batch = self.batch(step, pool)
-          yield step, (place(batch) if place else batch)
-          step += 1
 
-    return prefetch.background(produce(), self.prefetch, name="jaxswap-loader")
+def build_faces_dataset(data_dir: str, plan: dict[str, list],
+                        make_example: Callable[[object], tuple[str, dict]], *,
+                        num_landmarks: int, metadata: dict, num_shards: int,
+                        workers: int = 2) -> str:
+  """Writes `jaxswap_faces` into data_dir from a plan; returns the version folder."""
+  builder = JaxswapFaces(plan=plan, make_example=make_example, num_landmarks=num_landmarks,
+                         metadata=metadata, workers=workers, data_dir=data_dir,
+                         file_format="array_record")
+  tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
+  with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep DIR tidy
+    builder.download_and_prepare(
+        download_dir=downloads,
+        download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  return faces_version_dir(data_dir)
+
+
+def faces_version_dir(data_dir: str) -> str:
+  return os.path.join(data_dir, FACES_NAME, str(JaxswapFaces.VERSION))
+
+
+def face_geometry(data_dir: str, name: str) -> dict | None:
+  """{"coverage", "template", "size"} of a prepared real-face dataset's crops; None otherwise.
+
+  Recorded by `jaxswap.prepare` in the dataset's metadata; training copies it into the run, so
+  conversion never has to find the dataset again.
+  """
+  base, _, version = name.partition(":")
+  if base != FACES_NAME:
+    return None  # synthetic faces: no mediapipe crop geometry
+  folder = os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), base,
+                        version or str(JaxswapFaces.VERSION))
+  face = (stored_metadata(folder) or {}).get("face")
+  return dict(face) if isinstance(face, dict) else None
+
+
+def stored_metadata(version_dir: str) -> dict | None:
+  """The metadata a built dataset records (options, fingerprint, face geometry), or None."""
+  try:
+    with open(os.path.join(version_dir, "metadata.json"), "rb") as f:
+      return json.loads(f.read())
+  except (OSError, ValueError):
+    return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxswap import synthetic_draw as draw
+from jaxswap.data import synthetic_draw as draw
 from jaxswap.errors import JaxswapError
 
 IDENTITIES: tuple[str, ...] = ("a", "b")

@@ -2,7 +2,7 @@
 
 Pure numpy/OpenCV functions so each can be tested against a closed-form case. Conventions:
 faces and references are float32 RGB in [0, 1] (what the model emits), masks float32 in [0, 1]
-or bool, frames RGB uint8; matrices are 2x3 frame -> face maps (`jaxswap.geometry`). The one
+or bool, frames RGB uint8; matrices are 2x3 frame -> face maps (`jaxswap.faces.geometry`). The one
 guarantee that matters downstream: a frame pixel whose mask weight is 0 is returned bit for bit.
 """
 
@@ -11,54 +11,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from jaxswap import geometry
+from jaxswap.errors import JaxswapError
+from jaxswap.faces import geometry, warp
 
 COLOR_MODES = ("none", "avg", "rct", "hist")
 BLEND_MODES = ("alpha", "seamless")
-
-# ----------------------------------------------------------------------------------------------
-# Geometry helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def rescale_matrix(matrix: np.ndarray, size_from: int, size_to: int) -> np.ndarray:
-  """The frame -> face matrix for a `size_to` crop from one for a `size_from` crop.
-
-  Equals `geometry.alignment_matrix(landmarks, size_to, coverage)` recomputed from scratch: the
-  template puts the crop centre at size / 2, so crop points scale about that centre.
-  """
-  k = size_to / size_from
-  shift = size_to / 2 - k * size_from / 2
-  scale = np.array([[k, 0.0, shift], [0.0, k, shift]])
-  return geometry.compose(scale, matrix)
-
-
-def face_roi(matrix: np.ndarray, size: int, width: int, height: int, pad: int = 2
-             ) -> tuple[int, int, int, int] | None:
-  """(x0, y0, x1, y1): the frame rectangle a size x size crop covers (+pad), clipped; None if off."""
-  corners = geometry.transform_points(geometry.invert_affine(matrix),
-                                      [[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5],
-                                       [size - 0.5, size - 0.5]])
-  x0, y0 = np.floor(corners.min(0)).astype(int) - pad
-  x1, y1 = np.ceil(corners.max(0)).astype(int) + pad + 1
-  x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-  if x1 <= x0 or y1 <= y0:
-    return None
-  return int(x0), int(y0), int(x1), int(y1)
-
-
-def warp_to_frame(image: np.ndarray, matrix: np.ndarray, roi: tuple[int, int, int, int],
-                  interpolation: int = cv2.INTER_LINEAR,
-                  border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-  """The inverse warp: an aligned crop (under frame -> face `matrix`) drawn into a frame ROI.
-
-  Only the ROI is computed, so a face costs its own size, not the frame's.
-  """
-  x0, y0, x1, y1 = roi
-  to_roi = geometry.compose(matrix, [[1, 0, x0], [0, 1, y0]])  # ROI pixel -> crop pixel
-  return cv2.warpAffine(image, to_roi, (x1 - x0, y1 - y0),
-                        flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=border)
-
+MASKS = ("components", "extended", "learned", "learned*components")
 
 # ----------------------------------------------------------------------------------------------
 # Colour transfer (in the aligned crop, statistics over the mask only)
@@ -193,3 +151,56 @@ def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarra
   cv2.putText(out, text, (x0 + m, y1 - m - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
               (255, 255, 255), thick, cv2.LINE_AA)
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One face, start to end
+# ----------------------------------------------------------------------------------------------
+
+
+def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | None,
+              matrix_s: np.ndarray, size_s: int) -> np.ndarray:
+  """float32 (S, S) mask in the aligned crop of side S (landmarks in frame pixels)."""
+  mask = np.ones((size_s, size_s), np.float32)
+  if kind in ("components", "extended", "learned*components"):
+    if landmarks is None:
+      raise JaxswapError(f"--mask {kind} needs landmarks, which this face has none of; "
+                         "use --mask learned")
+    pts = geometry.transform_points(matrix_s, landmarks)
+    hull = "extended" if kind == "extended" else "components"
+    mask = geometry.face_mask(pts, size_s, hull).astype(np.float32) / 255.0
+  if kind.startswith("learned"):
+    if learned is None:
+      raise JaxswapError(f"--mask {kind}: this run's model has no learned mask "
+                         "(trained without --config.model.learn_mask=True)")
+    mask = mask * cv2.resize(learned, (size_s, size_s), interpolation=cv2.INTER_LINEAR)
+  return mask
+
+
+def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | None,
+               crop: np.ndarray, rgb: np.ndarray, learned: np.ndarray | None, *, size: int,
+               mask: str = "components", erode: float = 2.0, blur: float = 8.0,
+               color: str = "rct", blend: str = "alpha") -> None:
+  """Draws one swapped face (`rgb`, the model's output for `crop`) into `frame` in place.
+
+  `erode`/`blur` are percentages of the face's side in the frame.
+  """
+  h, w = frame.shape[:2]
+  # Masks are made at about the face's size in the frame, so their edges are not blocky.
+  size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
+  m_s = warp.rescale_matrix(matrix, size, size_s)
+  alpha_s = face_mask(mask, landmarks, learned, m_s, size_s)
+  alpha_s = erode_blur(alpha_s, erode * size_s / 100.0, blur * size_s / 100.0)
+  roi = warp.face_roi(m_s, size_s, w, h)
+  if roi is None or not alpha_s.any():
+    return
+  small = cv2.resize(alpha_s, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+  out = color_transfer(color, rgb, crop.astype(np.float32) / 255.0, small)
+  alpha = warp.warp_to_frame(alpha_s, m_s, roi)
+  face = warp.warp_to_frame(np.ascontiguousarray(out * 255.0, np.float32), matrix, roi,
+                            cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
+  x0, y0, x1, y1 = roi
+  if blend == "seamless":
+    frame[y0:y1, x0:x1] = seamless_blend(frame, roi, face, alpha)
+  else:
+    frame[y0:y1, x0:x1] = alpha_blend(frame[y0:y1, x0:x1], face, alpha)

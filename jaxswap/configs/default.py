@@ -1,0 +1,86 @@
+"""Defaults shared by every variant; variant files override a few fields.
+
+Every key a run may set exists here, so `--config.KEY=VALUE` with an unknown KEY is an error
+(the ConfigDict is locked).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.steps = 100_000
+  c.batch_size = 64  # per identity, global (over all devices and processes)
+  c.image_size = 64
+  c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "original"  # original | lightweight | sae128 | tiny
+  c.model.learn_mask = False
+  # Kernel initialiser: "auto" = the variant's reference (2017 code and DeepFaceLab:
+  # glorot_uniform; faceswap: he_uniform), or glorot_uniform | he_uniform | lecun_normal (Flax's).
+  c.model.init = "auto"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw | sgd
+  c.optimizer.learning_rate = 5e-5
+  c.optimizer.b1 = 0.5
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-7
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.clip_norm = 0.0  # 0 disables global-norm clipping
+  c.optimizer.warmup_steps = 0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.mae = 1.0
+  c.loss.mse = 0.0
+  c.loss.dssim = 0.0  # (1 - SSIM) / 2, 11x11 Gaussian window, sigma 1.5
+  c.loss.ms_ssim = 0.0  # 1 - MS-SSIM
+  c.loss.mask = 0.0  # MSE of the learned mask against the dataset mask
+  c.loss.masked = False  # restrict the image loss to the dataset mask when present
+  c.loss.eye_mouth_weight = 0.0  # extra weight on eye/mouth regions (0 disables)
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.rotation_deg = 10.0
+  c.augment.zoom = 0.05
+  c.augment.shift = 0.05
+  c.augment.flip_prob = 0.5
+  c.augment.warp = True
+  c.augment.warp_grid = 5
+  c.augment.warp_sigma = 5.0 / 256.0  # noise std as a fraction of the image size
+  c.augment.brightness = 0.1
+  c.augment.contrast = 0.1
+  c.augment.saturation = 0.1
+  c.augment.hue = 0.02
+  # DeepFaceLab's ct_mode: "rct" recolours each A face toward a random B face of the batch
+  # (Reinhard, L*a*b* statistics inside the masks) before augmenting; "none" leaves colours.
+  c.augment.color_transfer = "none"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # TFDS data_dir; empty means ~/tensorflow_datasets
+  c.data.name = "jaxswap_faces"  # jaxswap_faces | jaxswap_synthetic (builder name, optionally :version)
+  c.data.split = "train"
+  # Parts each split is cut into; each process reads its own parts. 0 = one per process. Fix it
+  # (e.g. 8) to keep the exact data order when resuming with a different number of processes.
+  c.data.shards = 0
+  c.data.prefetch = 2  # host batches decoded ahead of the step
+  c.data.workers = 2  # decode threads
+
+  # Persistent XLA compilation cache: "auto" = <workdir>/../.jax_cache (shared by sibling runs),
+  # "" = off, anything else = that folder. A restarted run then starts in seconds.
+  c.compilation_cache = "auto"
+
+  # Start a new run from the parameters of another run's latest checkpoint (same architecture),
+  # e.g. one trained on a pooled dataset of many people (DeepFaceLab's pretraining). The step
+  # count and optimiser state start afresh; ignored once this run has a checkpoint of its own.
+  c.init_from = ""
+
+  c.profile_steps = 0  # >0: jax.profiler trace of that many steps into <workdir>/profile
+
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.log_every = 50
+  c.preview_every = 1000
+  c.preview_faces = 6
+  return c

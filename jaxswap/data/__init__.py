@@ -1,0 +1,1 @@
+"""Datasets (TFDS, in `datasets` only), the step-indexed loader, and synthetic identities."""

@@ -1,1 +1,0 @@
-"""Command-line tools around the jaxswap core (OpenCV + mediapipe); the core never imports them."""
