@@ -51,7 +51,14 @@ class TrainState:
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   lr: Any = cfg.learning_rate
-  if cfg.warmup_steps:
+  if cfg.decay_steps:
+    if cfg.decay_steps <= cfg.warmup_steps:
+      raise JaxswapError(f"--config.optimizer.decay_steps={cfg.decay_steps} must exceed "
+                         f"--config.optimizer.warmup_steps={cfg.warmup_steps}")
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                            cfg.decay_steps,
+                                            cfg.learning_rate * cfg.decay_floor)
+  elif cfg.warmup_steps:
     lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
   if cfg.name == "adam":
     opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)

@@ -198,3 +198,68 @@ def test_augment_jits_is_deterministic_and_accepts_uint8():
   assert np.abs(np.asarray(a.inputs) - np.asarray(c.inputs)).mean() > 1e-3
   from_float = aug.augment(jax.random.key(11), np.float32(x8) / 255, None, cfg)
   np.testing.assert_allclose(a.inputs, from_float.inputs, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Training-time colour transfer (ct_mode rct)
+# --------------------------------------------------------------------------------------------
+
+
+def test_lab_matches_opencv_and_round_trips():
+  import cv2  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+  lab = np.asarray(aug.rgb_to_lab(x))
+  ref = np.stack([cv2.cvtColor(i, cv2.COLOR_RGB2LAB) for i in x])
+  np.testing.assert_allclose(lab, ref, atol=0.5)  # OpenCV's own tables differ by < 0.3
+  np.testing.assert_allclose(np.asarray(aug.lab_to_rgb(lab)), x, atol=1e-4)
+
+
+def _lab_moments(images, mask):
+  lab = np.asarray(aug.rgb_to_lab(images), np.float64)
+  w = mask[..., 0] > 0.5
+  return (np.stack([lab[i][w[i]].mean(0) for i in range(len(lab))]),
+          np.stack([lab[i][w[i]].std(0) for i in range(len(lab))]))
+
+
+def test_reinhard_transfer_moves_face_statistics_to_the_reference():
+  rng = np.random.default_rng(1)
+  # Mid-range colours so that clipping to [0, 1] does not bend the statistics.
+  images = (0.35 + 0.2 * rng.uniform(size=(3, 16, 16, 3))).astype(np.float32)
+  refs = (0.25 + 0.3 * rng.uniform(size=(3, 16, 16, 3)) * [1.0, 0.7, 0.5]).astype(np.float32)
+  mask = np.zeros((3, 16, 16, 1), np.float32)
+  mask[:, 4:12, 4:12] = 1
+  out = np.asarray(aug.reinhard_transfer(images, refs, mask, mask))
+  mu_out, sd_out = _lab_moments(out, mask)
+  mu_ref, sd_ref = _lab_moments(refs, mask)
+  mu_in, _ = _lab_moments(images, mask)
+  np.testing.assert_allclose(mu_out, mu_ref, atol=0.3)
+  np.testing.assert_allclose(sd_out, sd_ref, rtol=0.05, atol=0.1)
+  assert np.abs(mu_in - mu_ref).max() > 3  # they really moved
+  # The whole image is recoloured with the face's statistics (background included).
+  assert np.abs(out[:, 0, 0] - images[:, 0, 0]).max() > 1e-3
+
+
+def test_train_step_recolours_a_toward_b_only_with_rct(monkeypatch):
+  """With rct, A's training faces carry B's colours; B's faces are untouched."""
+  from jaxswap import train  # pylint: disable=g-import-not-at-top
+  from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  for k in ("rotation_deg", "zoom", "shift", "flip_prob", "brightness", "contrast",
+            "saturation", "hue"):
+    setattr(cfg.augment, k, 0.0)
+  cfg.augment.warp = False
+  n, s = 4, 16
+  batch = {
+      "image_a": np.full((n, s, s, 3), (200, 120, 90), np.uint8),  # warm, bright
+      "image_b": np.full((n, s, s, 3), (60, 80, 140), np.uint8),  # cool, dark
+      "mask_a": np.full((n, s, s, 1), 255, np.uint8), "mask_b": np.full((n, s, s, 1), 255, np.uint8),
+      "priority_a": np.zeros((n, s, s, 1), np.uint8), "priority_b": np.zeros((n, s, s, 1), np.uint8),
+  }
+  rng = jax.random.PRNGKey(0)
+  plain_a, plain_b = train._prepare(rng, batch, cfg)  # pylint: disable=protected-access
+  cfg.augment.color_transfer = "rct"
+  ct_a, ct_b = train._prepare(rng, batch, cfg)  # pylint: disable=protected-access
+  np.testing.assert_allclose(plain_a.targets, batch["image_a"] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(ct_a.targets, batch["image_b"] / 255.0, atol=2e-3)
+  np.testing.assert_allclose(ct_a.inputs, ct_a.targets, atol=1e-6)  # input and target alike
+  np.testing.assert_array_equal(ct_b.targets, plain_b.targets)

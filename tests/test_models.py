@@ -118,7 +118,7 @@ def test_space_to_depth_conv_equals_the_strided_conv(n, k):
 
 
 def _config(name, **kw):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from jaxswap.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.name, c.image_size = name, models.VARIANTS[name].image_size
   for k, v in kw.items():

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.clip_norm = 0.0  # 0 disables global-norm clipping
   c.optimizer.warmup_steps = 0
+  # >0: cosine decay of the learning rate to decay_floor * learning_rate at this step (after
+  # the warmup), constant after it. Short runs end sharper when the rate comes down.
+  c.optimizer.decay_steps = 0
+  c.optimizer.decay_floor = 0.05
 
   c.loss = ml_collections.ConfigDict()
   c.loss.mae = 1.0
