@@ -72,7 +72,11 @@ def _read(path: str, flag: str, wanted: Callable[[int], bool] | None = None
     return len(names), images()
   cap = cv2.VideoCapture(path)
   count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-  ok = count > 0 and cap.grab()
+  ok = cap.isOpened() and cap.grab()
+  if ok and count <= 0:  # a stream that does not announce its length: count it
+    count = 1
+    while cap.grab():
+      count += 1
   cap.release()
   if not ok:
     raise JaxswapError(f"{flag} {path} is not a readable video or image folder")
