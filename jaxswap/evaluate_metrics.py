@@ -1,0 +1,122 @@
+"""What the evaluator measures on a pair of frames, from 68-point landmarks and pixels (no dlib).
+
+Every measure compares the swap with the source frame it was made from, in the same place:
+- head pose: the rotation solvePnP finds for a generic 3D face (eye corners, nose, mouth corners:
+  points that stay put when the expression changes) fitted to each frame's landmarks, with the
+  same pinhole camera (focal length = the longer image side, centred). The error is the angle of
+  the relative rotation R_swap R_source^T (geodesic distance on SO(3), degrees), which counts yaw,
+  pitch and roll together and does not depend on an Euler-angle convention.
+- expression: eye and mouth landmarks (36-47, 48-67) of the swap mapped onto the source's by a
+  least-squares similarity (Umeyama), then the mean point distance divided by the source's
+  inter-ocular distance (outer eye corners 36-45, the 300-W convention). A different head position
+  or size costs nothing; an eye that closes or a mouth that opens does.
+- sharpness: variance of the Laplacian of the grey image inside the source face's landmark hull.
+- flicker: mean absolute grey-level change from frame t to t+1 inside the same hull.
+The sharpness and flicker of the swap are divided by the source's, so 1.0 means "like the input".
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from jaxswap import geometry
+
+# A generic head in millimetres (x to the image's right, y down, z away from the camera): typical
+# adult proportions, with the in-plane layout set to the mean of dlib landmarks of near-frontal
+# faces. Only its rough shape matters: the evaluator compares two poses fitted with the same model.
+POSE_MODEL = {
+    36: (-44.0, 0.0, 12.0), 39: (-19.0, 2.0, 2.0), 42: (19.0, 2.0, 2.0), 45: (44.0, 0.0, 12.0),
+    27: (0.0, -4.0, -4.0), 30: (0.0, 35.0, -24.0), 31: (-14.0, 43.0, -8.0), 33: (0.0, 48.0, -12.0),
+    35: (14.0, 43.0, -8.0), 48: (-25.0, 72.0, 4.0), 54: (25.0, 72.0, 4.0),
+}
+POSE_POINTS = np.array(list(POSE_MODEL), np.int64)
+POSE_OBJECT = np.array(list(POSE_MODEL.values()), np.float64)
+EXPRESSION_POINTS = np.arange(36, 68)
+
+
+def camera(height: int, width: int) -> np.ndarray:
+  f = float(max(height, width))
+  return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], np.float64)
+
+
+def head_rotation(points: np.ndarray, height: int, width: int) -> np.ndarray:
+  """3x3 rotation of the generic head that projects onto these 68 landmarks."""
+  image = np.asarray(points, np.float64)[POSE_POINTS]
+  ok, rvec, _ = cv2.solvePnP(POSE_OBJECT, image, camera(height, width), None,
+                             flags=cv2.SOLVEPNP_SQPNP)
+  if not ok:
+    ok, rvec, _ = cv2.solvePnP(POSE_OBJECT, image, camera(height, width), None)
+  return cv2.Rodrigues(rvec)[0] if ok else np.full((3, 3), np.nan)
+
+
+def rotation_angle(a: np.ndarray, b: np.ndarray) -> float:
+  """Degrees of the rotation taking b to a."""
+  cos = (np.trace(a @ b.T) - 1.0) / 2.0
+  return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def yaw_pitch_roll(rotation: np.ndarray) -> tuple[float, float, float]:
+  """Euler angles in degrees (for reading a frame's pose, not for errors: they wrap)."""
+  pitch, yaw, roll = cv2.RQDecomp3x3(rotation)[0]
+  return float(yaw), float(pitch), float(roll)
+
+
+def inter_ocular(points: np.ndarray) -> float:
+  return float(np.linalg.norm(points[45] - points[36]))
+
+
+def expression_error(swap: np.ndarray, source: np.ndarray) -> float:
+  """Eye + mouth landmark distance after a similarity fit, in source inter-ocular units."""
+  src = np.asarray(source, np.float64)[EXPRESSION_POINTS]
+  dst = np.asarray(swap, np.float64)[EXPRESSION_POINTS]
+  m = geometry.umeyama(dst, src)
+  fitted = dst @ m[:2, :2].T + m[:2, 2]
+  return float(np.linalg.norm(fitted - src, axis=1).mean() / max(inter_ocular(source), 1e-6))
+
+
+def face_region(points: np.ndarray, height: int, width: int, margin: int = 2):
+  """(row slice, column slice, bool mask) of the landmarks' convex hull, clipped to the frame.
+
+  The slices carry `margin` extra pixels so a 3x3 filter inside the mask sees real neighbours.
+  """
+  pts = np.asarray(points, np.float64)
+  x0 = int(np.clip(np.floor(pts[:, 0].min()) - margin, 0, width))
+  y0 = int(np.clip(np.floor(pts[:, 1].min()) - margin, 0, height))
+  x1 = int(np.clip(np.ceil(pts[:, 0].max()) + margin + 1, 0, width))
+  y1 = int(np.clip(np.ceil(pts[:, 1].max()) + margin + 1, 0, height))
+  mask = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
+  if mask.size:
+    hull = cv2.convexHull(np.round(pts - (x0, y0)).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1)
+  return slice(y0, y1), slice(x0, x1), mask.astype(bool)
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+  return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+def sharpness(rgb: np.ndarray, region) -> float:
+  """Variance of the Laplacian inside the region (0 when the region is empty)."""
+  rows, cols, mask = region
+  if not mask.any():
+    return 0.0
+  lap = cv2.Laplacian(grey(rgb[rows, cols]).astype(np.float64), cv2.CV_64F)
+  return float(lap[mask].var())
+
+
+def change(rgb: np.ndarray, next_rgb: np.ndarray, region) -> float:
+  """Mean absolute grey-level change between two frames inside the region."""
+  rows, cols, mask = region
+  if not mask.any():
+    return 0.0
+  a = grey(rgb[rows, cols]).astype(np.float64)
+  b = grey(next_rgb[rows, cols]).astype(np.float64)
+  return float(np.abs(b - a)[mask].mean())
+
+
+def ratio(value: float | None, reference: float | None, eps: float = 1e-9) -> float | None:
+  """value / reference; None when either is missing or the reference is ~0 (a still, flat face)."""
+  if value is None or reference is None or abs(reference) < eps:
+    return None
+  return float(value / reference)

@@ -1,0 +1,254 @@
+"""The real-video evaluator on a real face: scikit-image's public-domain astronaut photo, moved and
+turned along a path to make a short clip, and "swaps" made from it with known defects.
+
+The measures without dlib (pose fit, expression fit, sharpness, flicker) are also checked against
+closed-form cases; the end-to-end tests skip, with the reason, when the `eval` extra is missing.
+"""
+
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxswap import evaluate
+from jaxswap import evaluate_metrics as m
+from jaxswap import media
+from jaxswap import recognise
+
+skimage_data = pytest.importorskip("skimage.data")
+FRAMES, SIZE = 6, 256
+FACE_CENTRE = (128.0, 118.0)  # where the clip puts the astronaut's face (frame pixels)
+
+
+@pytest.fixture(scope="module")
+def dlib_models():
+  pytest.importorskip("dlib", reason='the evaluator needs the extra: pip install "jaxswap[eval]"')
+  pytest.importorskip("face_recognition_models",
+                      reason='the evaluator needs the extra: pip install "jaxswap[eval]"')
+  recognise.load()
+
+
+def clip_frames() -> list[np.ndarray]:
+  """The astronaut's face (about 87 px) panning and turning from -6 to +6 degrees."""
+  photo = skimage_data.astronaut()
+  frames = []
+  for i in range(FRAMES):
+    t = i / (FRAMES - 1)
+    mat = cv2.getRotationMatrix2D((222.0, 125.0), -6 + 12 * t, 1.0)
+    mat[:, 2] += (FACE_CENTRE[0] - 222 + 12 * (t - 0.5), FACE_CENTRE[1] - 125 + 6 * np.sin(3 * t))
+    frames.append(cv2.warpAffine(photo, mat, (SIZE, SIZE), borderMode=cv2.BORDER_REPLICATE))
+  return frames
+
+
+def write_folder(folder, frames) -> str:
+  os.makedirs(folder, exist_ok=True)
+  for i, rgb in enumerate(frames):
+    cv2.imwrite(os.path.join(folder, f"frame_{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  return str(folder)
+
+
+def rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
+  mat = cv2.getRotationMatrix2D(FACE_CENTRE, degrees, 1.0)
+  return cv2.warpAffine(rgb, mat, (SIZE, SIZE), borderMode=cv2.BORDER_REPLICATE)
+
+
+def open_mouth(rgb: np.ndarray, pixels: float = 12.0) -> np.ndarray:
+  """Pulls the lower lip and chin down by up to `pixels` (a smooth local warp around the mouth)."""
+  points = recognise.analyse(rgb, with_descriptor=False).landmarks
+  mx, my = points[48:68].mean(0)
+  lower = points[57, 1]
+  width = (points[54, 0] - points[48, 0]) / 2
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+  bump = np.exp(-((xx - mx) ** 2) / (2 * width ** 2) - ((yy - lower - 4) ** 2) / (2 * 9.0 ** 2))
+  below = np.clip((yy - my) / 3.0, 0.0, 1.0)
+  map_y = (yy - pixels * bump * below).astype(np.float32)
+  return cv2.remap(rgb, xx, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, dlib_models) -> str:
+  return write_folder(tmp_path_factory.mktemp("clip") / "source", clip_frames())
+
+
+def run(swapped, source, identity, **kw) -> dict:
+  return evaluate.evaluate(swapped, source, identity, progress=False, **kw)["summary"]
+
+
+# --- measures against closed-form cases (no dlib) ---
+
+def test_head_rotation_recovers_a_known_rotation():
+  obj = m.POSE_OBJECT
+  cam = m.camera(480, 640)
+  for rvec in ([0.0, 0.0, 0.0], [0.1, -0.3, 0.05], [0.0, 0.0, np.radians(10)]):
+    rot = cv2.Rodrigues(np.array(rvec))[0]
+    proj, _ = cv2.projectPoints(obj, np.array(rvec), np.array([5.0, -10.0, 600.0]), cam, None)
+    points = np.zeros((68, 2))
+    points[m.POSE_POINTS] = proj[:, 0]
+    assert m.rotation_angle(m.head_rotation(points, 480, 640), rot) < 0.1
+  assert abs(m.rotation_angle(cv2.Rodrigues(np.array([0, 0, np.radians(10.0)]))[0], np.eye(3))
+             - 10.0) < 1e-9
+
+
+def test_expression_error_ignores_similarity_and_measures_mouth():
+  rng = np.random.default_rng(0)
+  points = rng.uniform(0, 100, (68, 2))
+  points[36], points[45] = (20.0, 40.0), (70.0, 40.0)  # inter-ocular distance 50
+  a = np.radians(25)
+  moved = 1.7 * points @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + (13, -4)
+  assert m.expression_error(moved, points) < 1e-9
+  opened = points.copy()
+  opened[[57, 58, 56, 66]] += (0.0, 10.0)
+  assert m.expression_error(opened, points) > 0.02
+
+
+def test_sharpness_and_change_in_the_face_region():
+  rng = np.random.default_rng(1)
+  img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  hull = np.array([[10, 10], [50, 12], [52, 50], [12, 48]] * 17, np.float64)
+  region = m.face_region(hull, 64, 64)
+  blurred = cv2.GaussianBlur(img, (0, 0), 2)
+  assert m.sharpness(blurred, region) < 0.2 * m.sharpness(img, region)
+  assert m.change(img, img, region) == 0.0
+  brighter = np.clip(img.astype(int) + 5, 0, 255).astype(np.uint8)
+  assert 4.0 < m.change(img, brighter, region) <= 5.0
+  assert m.ratio(1.0, 0.0) is None and m.ratio(3.0, 2.0) == 1.5
+
+
+def test_recognised_as_a_needs_closer_to_a_and_under_threshold():
+  a, b = np.zeros(128), np.zeros(128)
+  b[0] = 1.0
+  frames = []
+  for k, x in enumerate((0.1, 0.45, 0.55)):  # distance to A: 0.1, 0.45, 0.55 (to B: 0.9, ...)
+    desc = np.zeros(128)
+    desc[0] = x
+    col = {"_descriptor": desc, "pose_error_deg": 0.0, "expression_error": 0.0,
+           "sharpness_ratio": 1.0, "flicker_ratio": None, "change": None}
+    frames.append({"frame": k, "swap_face_found": True, "source_face_found": True,
+                   "swap": col, "source": dict(col)})
+  far = np.zeros(128)
+  far[1] = 0.7  # 0.7 from A: too far even though nearer to A than to B
+  frames[2]["swap"]["_descriptor"] = far
+  evaluate._score_identity(  # pylint: disable=protected-access
+      frames, {"descriptor": a}, {"descriptor": b})
+  assert [f["swap"]["recognised_as_a"] for f in frames] == [True, True, False]
+  assert [f["source"]["recognised_as_a"] for f in frames] == [True, True, False]
+  assert frames[0]["swap"]["distance_b"] == pytest.approx(0.9)
+  s = evaluate.summarise(frames)
+  assert s["swap"]["recognised_as_a"] == pytest.approx(2 / 3)
+  assert s["swap"]["distance_a"]["median"] == pytest.approx(0.45)
+  assert s["swap"]["flicker_ratio"] is None
+
+
+def test_missing_extra_is_a_clear_error(monkeypatch, tmp_path, capsys):
+  monkeypatch.setitem(sys.modules, "dlib", None)
+  recognise._models.cache_clear()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(SystemExit) as e:
+      evaluate.main(["--swapped", "x.mp4", "--source", "x.mp4", "--identity", "a.mp4"])
+  finally:
+    monkeypatch.undo()
+    recognise._models.cache_clear()  # pylint: disable=protected-access
+  assert e.value.code == 2
+  assert 'pip install "jaxswap[eval]"' in capsys.readouterr().err
+
+
+# --- end to end on the astronaut clip (dlib) ---
+
+def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
+  out_json, sheet = str(tmp_path / "r.json"), str(tmp_path / "sheet.png")
+  evaluate.main(["--swapped", clip, "--source", clip, "--identity", clip,
+                 "--json", out_json, "--sheet", sheet, "--sheet-rows", "3"])
+  assert "recognised as A" in capsys.readouterr().out
+  result = json.load(open(out_json))
+  s = result["summary"]
+  assert s["frames_evaluated"] == FRAMES and s["swap"]["face_found"] == FRAMES
+  for col in ("swap", "source"):
+    assert s[col]["distance_a"]["mean"] < 0.1  # the clip against its own mean descriptor
+    assert s[col]["pose_error_deg"]["mean"] < 1e-3
+    assert s[col]["expression_error"]["mean"] < 1e-9
+    assert s[col]["sharpness_ratio"]["mean"] == pytest.approx(1.0)
+    assert s[col]["flicker_ratio"]["mean"] == pytest.approx(1.0)
+  assert s["swap"]["flicker_ratio"]["frames"] == FRAMES - 1  # the last frame has no t+1
+  assert len(result["frames"]) == FRAMES and "_sheet" not in result
+  image = cv2.imread(sheet)
+  assert image.shape == (evaluate_report_height(3), 3 * 128 + 300, 3)
+  assert media.provenance_of(sheet)["kind"] == "evaluation_sheet"
+
+
+def evaluate_report_height(rows: int) -> int:
+  from jaxswap import evaluate_report
+  return evaluate_report.HEADER + rows * evaluate_report.CROP
+
+
+def test_known_rotation_is_recovered_as_pose_error(clip, tmp_path):
+  turned = write_folder(tmp_path / "turned", [rotate(f, 10.0) for f in clip_frames()])
+  s = run(turned, clip, clip)
+  assert s["swap"]["face_found"] == FRAMES
+  assert 7.0 < s["swap"]["pose_error_deg"]["mean"] < 13.0
+  assert s["swap"]["distance_a"]["mean"] < 0.15  # the same person, turned
+  assert s["swap"]["expression_error"]["mean"] < 0.015  # landmark noise only (~0.009)
+
+
+def test_blur_lowers_the_sharpness_ratio(clip, tmp_path):
+  blurred = write_folder(tmp_path / "blur",
+                         [cv2.GaussianBlur(f, (0, 0), 2.0) for f in clip_frames()])
+  s = run(blurred, clip, clip)
+  assert s["swap"]["sharpness_ratio"]["mean"] < 0.3
+  assert s["source"]["sharpness_ratio"]["mean"] == pytest.approx(1.0)
+  assert s["swap"]["pose_error_deg"]["mean"] < 3.0
+
+
+def test_opened_mouth_costs_expression(clip, tmp_path):
+  opened = write_folder(tmp_path / "mouth", [open_mouth(f) for f in clip_frames()])
+  s = run(opened, clip, clip, max_frames=3)
+  assert s["frames_evaluated"] == 3
+  assert s["swap"]["expression_error"]["mean"] > 0.025
+  assert s["source"]["expression_error"]["mean"] < 1e-9
+
+
+def test_mp4_input_every_other_frame_keeps_flicker(clip, tmp_path):
+  path = str(tmp_path / "clip.mp4")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30, (SIZE, SIZE))
+  for f in clip_frames():
+    writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+  writer.release()
+  result = evaluate.evaluate(path, path, clip, every=2, progress=False)
+  assert [f["frame"] for f in result["frames"]] == [0, 2, 4]
+  assert all(f["swap"]["flicker_ratio"] == pytest.approx(1.0) for f in result["frames"])
+
+
+def test_mismatched_frame_counts_exit_2(clip, tmp_path, capsys):
+  short = write_folder(tmp_path / "short", clip_frames()[:-1])
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--swapped", short, "--source", clip, "--identity", clip])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "--swapped" in err and f"{FRAMES - 1} frames" in err and f"has {FRAMES}" in err
+
+
+def test_identity_without_a_face_exits_2(clip, tmp_path, capsys):
+  rng = np.random.default_rng(2)
+  noface = write_folder(tmp_path / "noface",
+                        [np.full((96, 96, 3), 128, np.uint8),
+                         cv2.GaussianBlur(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+                                          (0, 0), 3)])
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--swapped", clip, "--source", clip, "--identity", noface])
+  assert e.value.code == 2
+  assert f"no face found in --identity {noface}" in capsys.readouterr().err
+
+
+def test_unreadable_inputs_exit_2(clip, tmp_path, capsys):
+  bogus = tmp_path / "bogus.mp4"
+  bogus.write_bytes(b"not a video")
+  for args, words in (
+      (["--swapped", str(tmp_path / "missing.mp4"), "--source", clip], "does not exist"),
+      (["--swapped", str(bogus), "--source", clip], "not a readable video"),
+      (["--swapped", clip, "--source", str(tmp_path)], "holds no images")):
+    with pytest.raises(SystemExit) as e:
+      evaluate.main(args + ["--identity", clip])
+    assert e.value.code == 2
+    assert words in capsys.readouterr().err
