@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import itertools
 import os
-import re
 import sys
 import time
 from typing import Callable, Iterator, NamedTuple
@@ -31,71 +30,39 @@ import tqdm
 from jaxswap import evaluate_metrics as metrics
 from jaxswap import evaluate_report
 from jaxswap import recognise
+from jaxswap import video
 from jaxswap.errors import JaxswapError
 
 REFERENCE_FACES = 30
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHEET_CROP = evaluate_report.CROP
 MIN_OVERLAP = 0.3  # IoU for a swap detection to be "the same face" as the source's
 
 
-def _natural_key(name: str):
-  return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def _read(path: str, flag: str, wanted: Callable[[int], bool] | None = None
           ) -> tuple[int, Iterator[tuple[int, np.ndarray | None]]]:
-  """(announced frame count, iterator of (index, RGB uint8 or None when not wanted)).
+  """(frame count, iterator of (index, RGB uint8 or None when not wanted)), via jaxswap.video.
 
-  The evaluator's only reader of pixels (cv2.VideoCapture, cv2.imread), so that it can be pointed
-  at jaxswap's shared video reader in one place. Unwanted video frames are grabbed, not decoded
-  to RGB; a video that holds fewer frames than it announces simply ends early.
+  Unwanted video frames are grabbed, not decoded to RGB. A container that does not announce its
+  length is counted with a decoding pass.
   """
   wanted = wanted or (lambda i: True)
   if not os.path.exists(path):
     raise JaxswapError(f"{flag} {path} does not exist")
-  if os.path.isdir(path):
-    names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS)),
-                   key=_natural_key)
-    if not names:
-      raise JaxswapError(f"{flag} {path} holds no images ({', '.join(IMAGE_EXTS)})")
-
-    def images():
-      for i, name in enumerate(names):
-        if not wanted(i):
-          yield i, None
-          continue
-        bgr = cv2.imread(os.path.join(path, name), cv2.IMREAD_COLOR)
-        if bgr is None:
-          raise JaxswapError(f"{flag}: cannot read image {os.path.join(path, name)}")
-        yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return len(names), images()
-  cap = cv2.VideoCapture(path)
-  count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-  ok = cap.isOpened() and cap.grab()
-  if ok and count <= 0:  # a stream that does not announce its length: count it
-    count = 1
-    while cap.grab():
-      count += 1
-  cap.release()
-  if not ok:
-    raise JaxswapError(f"{flag} {path} is not a readable video or image folder")
+  try:
+    source = video.open_source(path)
+  except JaxswapError as e:
+    raise JaxswapError(f"{flag}: {e}") from None
+  count = source.reported_frames
+  if count <= 0:
+    count = sum(1 for _ in source.frames(lambda i: False))
 
   def frames():
-    cap = cv2.VideoCapture(path)
-    try:
-      for i in range(count):
-        if wanted(i):
-          ok, bgr = cap.read()
-          if not ok:
-            return
-          yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        else:
-          if not cap.grab():
-            return
-          yield i, None
-    finally:
-      cap.release()
+    for frame in source.frames(wanted):
+      if frame.error and frame.error != "skipped":
+        raise JaxswapError(f"{flag}: {frame.error}")
+      if frame.index >= count:
+        return
+      yield frame.index, frame.rgb
   return count, frames()
 
 

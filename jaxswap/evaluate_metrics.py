@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from jaxswap import geometry
+from jaxswap.faces import geometry
 
 # A generic head in millimetres (x to the image's right, y down, z away from the camera): typical
 # adult proportions, with the in-plane layout set to the mean of dlib landmarks of near-frontal

@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 
-from jaxswap import media
+from jaxswap import provenance as media
 
 CROP = 128
 TEXT_WIDTH = 300

@@ -15,7 +15,7 @@ import pytest
 
 from jaxswap import evaluate
 from jaxswap import evaluate_metrics as m
-from jaxswap import media
+from jaxswap import provenance
 from jaxswap import recognise
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -175,7 +175,7 @@ def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
   assert len(result["frames"]) == FRAMES and "_sheet" not in result
   image = cv2.imread(sheet)
   assert image.shape == (evaluate_report_height(3), 3 * 128 + 300, 3)
-  assert media.provenance_of(sheet)["kind"] == "evaluation_sheet"
+  assert provenance.read_png_record(sheet)["kind"] == "evaluation_sheet"
 
 
 def evaluate_report_height(rows: int) -> int:
@@ -246,7 +246,7 @@ def test_unreadable_inputs_exit_2(clip, tmp_path, capsys):
   bogus.write_bytes(b"not a video")
   for args, words in (
       (["--swapped", str(tmp_path / "missing.mp4"), "--source", clip], "does not exist"),
-      (["--swapped", str(bogus), "--source", clip], "not a readable video"),
+      (["--swapped", str(bogus), "--source", clip], "cannot read"),
       (["--swapped", clip, "--source", str(tmp_path)], "holds no images")):
     with pytest.raises(SystemExit) as e:
       evaluate.main(args + ["--identity", clip])
