@@ -54,8 +54,8 @@ def baseline(input_path: str, frames: tuple[int, int | None], out: str) -> dict:
   """Decode (reader thread) -> encode (writer thread), nothing else."""
   source = video.VideoSource(input_path)
   start, end = frames
-  sink = video.Mp4Sink(out, source.width, source.height, source.fps,
-                          provenance.provenance("benchmark"), audio_from=input_path,
+  sink = video.Mp4Writer(out, source.width, source.height, source.fps,
+                          provenance.provenance("benchmark"), size="exact", audio_from=input_path,
                           audio_start=start / source.fps)
   writer = prefetch.OrderedWriter(sink)
   t0, n = time.perf_counter(), 0

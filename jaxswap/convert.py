@@ -129,9 +129,9 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   if png_dir is not None:
     sink = provenance.PngDirSink(png_dir, record, first_index=start)
   else:
-    sink = video.Mp4Sink(output, source.width, source.height, source.fps, record,
+    sink = video.Mp4Writer(output, source.width, source.height, source.fps, record, size="exact",
                             audio_from=input_path, audio_start=start / (source.fps or 1.0))
-  mark = opts.watermark or sink.needs_watermark
+  mark = opts.watermark
   timer = StageTimer()
   import cv2  # pylint: disable=g-import-not-at-top
   cv2_threads = cv2.getNumThreads()
@@ -150,7 +150,9 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
         writer.put(pool.submit(blend_frame, frame.rgb, jobs, opts, run.size, mark, timer))
         bar.update(1)
 
-      for frame, jobs in run.batches(faces.stream(timer), timer, opts.batch):
+      # An mp4 is written at one constant rate: a variable-rate input is refused, not drifted.
+      stream = faces.stream(timer, constant_rate=png_dir is None)
+      for frame, jobs in run.batches(stream, timer, opts.batch):
         emit(frame, jobs)
         frames += 1
         swapped += len(jobs)
@@ -180,6 +182,18 @@ def parse_frames(text: str | None) -> tuple[int, int | None]:
   except ValueError:
     raise JaxswapError(f"--frames {text!r}: expected START:END (END exclusive, either may be "
                        "empty)") from None
+
+
+def parse_face_index(text: str | None) -> tuple[int, ...] | None:
+  if not text:
+    return None
+  try:
+    index = tuple(int(k) for k in text.split(","))
+  except ValueError:
+    index = ()
+  if not index or min(index) < 0:
+    raise JaxswapError(f"--face-index {text!r}: expected face numbers, e.g. 0 or 0,2")
+  return index
 
 
 def parse_args(argv):
@@ -216,17 +230,14 @@ def parse_args(argv):
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    index = (tuple(int(k) for k in args.face_index.split(",")) if args.face_index else None)
     opts = Options(to=args.to, mask=args.mask, erode=args.erode, blur=args.blur,
                    color=args.color, blend=args.blend, batch=args.batch,
-                   frames=parse_frames(args.frames), smooth=args.smooth, face_index=index,
+                   frames=parse_frames(args.frames), smooth=args.smooth,
+                   face_index=parse_face_index(args.face_index),
                    watermark=args.watermark, coverage=args.coverage)
     summary = convert(args.input, args.workdir, args.output, opts,
                       alignments_path=args.alignments, png_dir=args.png_dir,
                       progress=not args.quiet)
-  except ValueError as e:
-    print(f"error: --face-index {args.face_index!r}: {e}", file=sys.stderr)
-    return 2
   except JaxswapError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

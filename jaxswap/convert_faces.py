@@ -173,9 +173,9 @@ class FaceSource:
         jobs.append(Job(m, face.landmarks.astype(np.float64)))
     return jobs
 
-  def _read(self, timer) -> Iterator:
+  def _read(self, timer, constant_rate: bool) -> Iterator:
     start, end = self.opts.frames
-    frames = self.source.frames(lambda i: i >= start)
+    frames = self.source.frames(lambda i: i >= start, constant_rate=constant_rate)
     while True:
       t0 = time.perf_counter()
       frame = next(frames, None)
@@ -191,9 +191,9 @@ class FaceSource:
       timer.add("detect", time.perf_counter() - t0)
       yield frame, jobs
 
-  def stream(self, timer) -> Iterator:
+  def stream(self, timer, constant_rate: bool = False) -> Iterator:
     """(frame, jobs) decoded and located in a reader thread, smoothed over +-opts.smooth."""
-    items = self._read(timer)
+    items = self._read(timer, constant_rate)
     if self.opts.smooth > 0:
       items = smooth_stream(items, self.opts.smooth, self.run.size)
     return video.background(items, depth=16)
