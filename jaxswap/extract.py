@@ -186,6 +186,7 @@ class Output:
     doc["source"] = dict(doc["source"], frame_count=frames_seen,
                          reported_frame_count=doc["source"]["frame_count"])
     doc.update(complete=True, summary=summary, frames=[records[i] for i in sorted(records)])
+    alignments.link_tracks(doc)
     provenance.write_bytes(self.final_path, alignments.dumps(doc))
     shutil.rmtree(self.partial, ignore_errors=True)
     return doc
@@ -295,7 +296,8 @@ def format_summary(doc: dict) -> str:
           f"({s['faces_detected']} detected), {s['frames_no_face']} frames with no face, "
           f"skipped: {s['skipped_small']} small, {s['skipped_blurry']} blurry, "
           f"{s['skipped_no_landmarks']} without landmarks"
-          + (f", {s['frames_unreadable']} unreadable images" if s["frames_unreadable"] else ""))
+          + (f", {s['frames_unreadable']} unreadable images" if s["frames_unreadable"] else "")
+          + f", {len(doc.get('tracks', []))} face tracks")
 
 
 def parse_args(argv):
