@@ -32,12 +32,12 @@ from jaxswap import convert, prefetch, provenance, video
 def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
   """A warmed-up, compiled swap function (or identity) at the batch shape conversion uses."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxswap import parallel, swap  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import loader  # pylint: disable=g-import-not-at-top
   batch = -(-batch // jax.device_count()) * jax.device_count()
   if identity:
     mesh = parallel.make_mesh()
-    fn = jax.jit(lambda f: {"rgb": f.astype(jnp.float32) / 255.0},
+    fn = jax.jit(lambda f: {"rgb": loader.to_float(f)},
                  in_shardings=parallel.batch_sharding(mesh),
                  out_shardings=parallel.batch_sharding(mesh))
     call = fn

@@ -79,11 +79,14 @@ def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransforma
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(rng, batch: dict, identity: str, cfg) -> augment.Augmented:
-  """uint8 host batch of one identity -> augmented float32 input/target/masks on device."""
-  images = batch[f"image_{identity}"].astype(jnp.float32) / 255.0
-  extras = jnp.concatenate([batch[f"mask_{identity}"], batch[f"priority_{identity}"]], -1)
-  return augment.augment(rng, images, extras.astype(jnp.float32) / 255.0, cfg.augment)
+def _prepare(rng, batch: dict, identity: str, cfg, augmented: bool = True) -> augment.Augmented:
+  """uint8 host batch of one identity -> (augmented) float32 input/target/masks on device."""
+  images = data.to_float(batch[f"image_{identity}"])
+  extras = data.to_float(
+      jnp.concatenate([batch[f"mask_{identity}"], batch[f"priority_{identity}"]], -1))
+  if not augmented:  # validation, and benchmarks of the model alone
+    return augment.Augmented(images, images, extras)
+  return augment.augment(rng, images, extras, cfg.augment)
 
 
 def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augmented):
@@ -100,11 +103,12 @@ def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augm
   return total, metrics
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, model, tx, config,
+               augmented: bool = True) -> tuple[TrainState, dict]:
   """One update on both identities. Pure: everything it depends on is in (state, batch)."""
   rng_a, rng_b = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  aug_a = _prepare(rng_a, batch, "a", config)
-  aug_b = _prepare(rng_b, batch, "b", config)
+  aug_a = _prepare(rng_a, batch, "a", config, augmented)
+  aug_b = _prepare(rng_b, batch, "b", config, augmented)
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state.params, model, config, aug_a, aug_b)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -115,20 +119,21 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
   return new_state, metrics
 
 
-def make_train_step(model, tx, config, mesh) -> Callable:
-  """The jitted step: state replicated, batch split over "data", state buffers donated."""
+def make_train_step(model, tx, config, mesh, augment: bool = True) -> Callable:
+  """The jitted step: state replicated, batch split over "data", state buffers donated.
+
+  augment=False trains on the faces as they are (benchmarks time the model alone with it).
+  """
   repl, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config,
+                                   augmented=augment),
                  in_shardings=(repl, split), out_shardings=(repl, repl), donate_argnums=0)
 
 
 def eval_losses(params, batch: dict, *, model, config) -> dict:
   """Validation: reconstruction loss on un-augmented faces."""
-  def clean(ident):
-    img = batch[f"image_{ident}"].astype(jnp.float32) / 255.0
-    ext = jnp.concatenate([batch[f"mask_{ident}"], batch[f"priority_{ident}"]], -1) / 255.0
-    return augment.Augmented(img, img, ext.astype(jnp.float32))
-  _, metrics = loss_fn(params, model, config, clean("a"), clean("b"))
+  clean = functools.partial(_prepare, None, batch, cfg=config, augmented=False)
+  _, metrics = loss_fn(params, model, config, clean(identity="a"), clean(identity="b"))
   return {f"val_{k}": v for k, v in metrics.items() if k.startswith("loss")}
 
 
