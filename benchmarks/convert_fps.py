@@ -59,7 +59,7 @@ def baseline(input_path: str, frames: tuple[int, int | None], out: str) -> dict:
                           audio_start=start / source.fps)
   writer = prefetch.OrderedWriter(sink)
   t0, n = time.perf_counter(), 0
-  for frame in video.background(source.frames(lambda i: i >= start)):
+  for frame in prefetch.background(source.frames(lambda i: i >= start), 8):
     if end is not None and frame.index >= end:
       break
     if frame.rgb is not None:

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxswap import video
+from jaxswap import prefetch, video
 from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments, geometry, track, warp
 
@@ -211,7 +211,7 @@ class FaceSource:
     items = self._read(timer, constant_rate)
     if self.opts.smooth > 0:
       items = smooth_stream(items, self.opts.smooth, self.run.size)
-    return video.background(items, depth=16)
+    return prefetch.background(items, 16, name="jaxswap-reader")
 
 
 def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None:

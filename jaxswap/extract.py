@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from jaxswap import provenance, video
+from jaxswap import prefetch, provenance, video
 from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments, geometry, warp
 
@@ -253,7 +253,8 @@ def extract(input_path: str, output: str, settings: Settings = Settings(), *,
   frames_seen, new_faces, new_frames = 0, 0, 0
   try:
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
-      for frame in video.background(source.frames(wanted)):
+      # A reader thread decodes ahead (OpenCV releases the GIL).
+      for frame in prefetch.background(source.frames(wanted), 8, name="jaxswap-reader"):
         frames_seen = frame.index + 1
         if frame.error == "skipped":
           bar.update(1)
@@ -300,22 +301,27 @@ def format_summary(doc: dict) -> str:
           + f", {len(doc.get('tracks', []))} face tracks")
 
 
+def add_finding_args(p: argparse.ArgumentParser, faces: str) -> None:
+  """How faces are found and cropped: flags of jaxswap-extract and jaxswap-prepare alike."""
+  p.add_argument("--coverage", type=float, default=0.85,
+                 help="fraction of the crop the face oval (forehead to chin) spans")
+  p.add_argument("--every-n", type=int, default=1, help="process every n-th video frame")
+  p.add_argument("--faces", choices=("all", "largest"), default=faces,
+                 help="every face of a frame, or only its largest (the person a video is about)")
+  p.add_argument("--detect-confidence", type=float, default=0.5,
+                 help="face detection threshold in (0, 1)")
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--input", required=True, help="video file or folder of images")
   p.add_argument("--output", required=True, help="folder for faces, masks, alignments.json")
   p.add_argument("--size", type=int, default=256, help="side of the aligned crop, pixels")
-  p.add_argument("--coverage", type=float, default=0.85,
-                 help="fraction of the crop the face oval (forehead to chin) spans")
-  p.add_argument("--every-n", type=int, default=1, help="process every n-th frame")
+  add_finding_args(p, faces="all")
   p.add_argument("--min-face", type=float, default=0.0,
                  help="skip faces smaller than this (detection box side, frame pixels)")
   p.add_argument("--min-blur", type=float, default=0.0,
                  help="skip faces whose blur score (Laplacian variance) is below this")
-  p.add_argument("--faces", choices=("all", "largest"), default="all",
-                 help="every face of a frame, or only its largest")
-  p.add_argument("--detect-confidence", type=float, default=0.5,
-                 help="face detection threshold in (0, 1)")
   p.add_argument("--tiles", type=int, default=0,
                  help="also search a TILES x TILES grid for small faces (0: 2 for photos, 1 for "
                       "video)")

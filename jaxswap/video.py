@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from jaxswap import prefetch, provenance
+from jaxswap import provenance
 from jaxswap.errors import JaxswapError
 from jaxswap.images import IMAGE_EXTENSIONS, list_images, read_image
 
@@ -198,11 +198,6 @@ def fingerprint(path: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Overlap
 # ----------------------------------------------------------------------------------------------
-
-
-def background(items: Iterable, depth: int = 8) -> Iterator:
-  """Iterates `items` in a daemon thread, `depth` ahead (OpenCV decoding releases the GIL)."""
-  return prefetch.background(items, depth, name="jaxswap-reader")
 
 
 # ----------------------------------------------------------------------------------------------
