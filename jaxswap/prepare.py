@@ -29,7 +29,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from jaxswap import extract
+from jaxswap import configs, extract
 from jaxswap.data import datasets
 from jaxswap.data.datasets import IDENTITIES, SPLITS, face_example, split_name, validation_start
 from jaxswap.errors import JaxswapError
@@ -199,7 +199,16 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
 
 
 # Model input sizes of the shipped configs: the dataset's faces must match config.image_size.
-CONFIG_FOR_SIZE = {64: "configs/original.py", 128: "configs/sae128.py"}
+CONFIG_FOR_SIZE = {64: "original", 128: "sae128"}
+
+
+def config_file(name: str) -> str:
+  """A path `--config` opens from where the command runs: the checkout's `configs/NAME.py` (a
+  re-export), else the installed package's own file."""
+  local = os.path.join("configs", f"{name}.py")
+  if os.path.isfile(local):
+    return local
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), f"{name}.py")
 
 
 def extracted_dirs(output: str, identity: str, inputs: list[str]) -> list[str]:
@@ -215,11 +224,13 @@ def extracted_dirs(output: str, identity: str, inputs: list[str]) -> list[str]:
   return dirs
 
 
-def train_command(output: str, size: int, workdir: str) -> str:
-  config = CONFIG_FOR_SIZE.get(size, "configs/original.py")
-  extra = "" if size in CONFIG_FOR_SIZE else f" --config.image_size={size}"
-  return (f"python -m jaxswap.train --config {config} --workdir {workdir} "
-          f"--config.data.dir={output} --config.data.name=jaxswap_faces{extra}")
+def train_command(output: str, size: int, workdir: str) -> str | None:
+  """The command that trains on the dataset; None when no shipped model takes `size` px faces
+  (a model is built for one size: --config.image_size cannot change it)."""
+  if size not in CONFIG_FOR_SIZE:
+    return None
+  return (f"python -m jaxswap.train --config {config_file(CONFIG_FOR_SIZE[size])} "
+          f"--workdir {workdir} --config.data.dir={output} --config.data.name=jaxswap_faces")
 
 
 def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int = 64,
@@ -258,11 +269,7 @@ def parse_args(argv):
                       "(64: original/lightweight/tiny, 128: sae128)")
   p.add_argument("--extract-size", type=int, default=256,
                  help="side of the aligned crops kept on disk (resized to --size for the dataset)")
-  p.add_argument("--coverage", type=float, default=0.85, help="see jaxswap-extract --coverage")
-  p.add_argument("--every-n", type=int, default=1, help="use every n-th video frame")
-  p.add_argument("--faces", choices=("all", "largest"), default="largest",
-                 help="faces per frame to keep (largest: the person the video is about)")
-  p.add_argument("--detect-confidence", type=float, default=0.5)
+  extract.add_finding_args(p, faces="largest")
   p.add_argument("--min-face", type=float, default=None,
                  help="drop faces whose detection box is smaller (frame pixels; default --size/2)")
   p.add_argument("--min-blur", type=float, default=10.0,
@@ -299,7 +306,13 @@ def main(argv=None) -> int:
     if any(why.values()):
       print(f"  dropped {ident}: " + ", ".join(f"{v} {k}" for k, v in why.items() if v))
   workdir = os.path.join("runs", os.path.basename(os.path.normpath(args.output)) or "faces")
-  print("train with:\n  " + train_command(args.output, args.size, workdir))
+  command = train_command(args.output, args.size, workdir)
+  if command is None:
+    sizes = ", ".join(f"{s} ({n})" for s, n in sorted(CONFIG_FOR_SIZE.items()))
+    print(f"no shipped config trains on {args.size} px faces (sizes: {sizes}); write one whose "
+          "model is built for them, or rebuild with such a --size")
+  else:
+    print("train with:\n  " + command)
   return 0
 
 

@@ -158,3 +158,20 @@ def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
     ckpt.close()
   finally:
     os.rename(prepared["out"] + "_moved", prepared["out"])
+
+
+def test_printed_train_command_is_valid_from_anywhere(tmp_path, monkeypatch):
+  """Its --config opens from the directory it runs in, and names a model built for the size."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from jaxswap import models  # pylint: disable=g-import-not-at-top
+  for where in (os.getcwd(), str(tmp_path)):  # the checkout, then somewhere else
+    monkeypatch.chdir(where)
+    for size in prepare.CONFIG_FOR_SIZE:
+      command = prepare.train_command("data/ab", size, "runs/ab").split()
+      path = command[command.index("--config") + 1]
+      spec = importlib.util.spec_from_file_location("printed_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config()
+      assert config.image_size == size and models.create_model(config).spec.image_size == size
+  assert prepare.train_command("data/ab", 96, "runs/ab") is None  # no model takes 96 px faces
