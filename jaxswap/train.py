@@ -245,6 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log.info("resumed from step %d", latest)
   else:
     state = init()
+    if config.init_from:
+      state = start_from(state, config, mesh)
   if is_main:
     media.write_bytes(os.path.join(workdir, "config.json"),
                       json.dumps(dict(config.to_dict(), face=loader.spec.face), indent=2).encode())
@@ -325,6 +327,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     ckpt.close()
   return state
+
+
+def start_from(state: TrainState, config, mesh) -> TrainState:
+  """A fresh state whose parameters are the latest of run `config.init_from` (pretraining).
+
+  Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
+  learnt weights, so resuming it later is exact like any other.
+  """
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
+  source = config.init_from
+  try:
+    src_config, _, params = swap.load_run(source, mesh=mesh)
+  except JaxswapError as e:
+    raise JaxswapError(f"--config.init_from={source}: {e}") from None
+  if architecture(src_config) != architecture(config):
+    raise JaxswapError(f"--config.init_from={source} is a run of {architecture(src_config)}, "
+                       f"this one is {architecture(config)}: the parameters cannot carry over")
+  log.info("parameters initialised from %s", source)
+  return state.replace(params=params)
 
 
 def _check_finite(rows, ckpt: Checkpointer) -> None:
