@@ -32,12 +32,12 @@ from jaxswap import convert, prefetch, provenance, video, xla_flags
 def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
   """A warmed-up, compiled swap function (or identity) at the batch shape conversion uses."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxswap import parallel, swap  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import loader  # pylint: disable=g-import-not-at-top
   batch = -(-batch // jax.device_count()) * jax.device_count()
   if identity:
     mesh = parallel.make_mesh()
-    fn = jax.jit(lambda f: {"rgb": f.astype(jnp.float32) / 255.0},
+    fn = jax.jit(lambda f: {"rgb": loader.to_float(f)},
                  in_shardings=parallel.batch_sharding(mesh),
                  out_shardings=parallel.batch_sharding(mesh))
     call = fn
@@ -54,12 +54,12 @@ def baseline(input_path: str, frames: tuple[int, int | None], out: str) -> dict:
   """Decode (reader thread) -> encode (writer thread), nothing else."""
   source = video.VideoSource(input_path)
   start, end = frames
-  sink = video.Mp4Sink(out, source.width, source.height, source.fps,
-                          provenance.provenance("benchmark"), audio_from=input_path,
+  sink = video.Mp4Writer(out, source.width, source.height, source.fps,
+                          provenance.provenance("benchmark"), size="exact", audio_from=input_path,
                           audio_start=start / source.fps)
   writer = prefetch.OrderedWriter(sink)
   t0, n = time.perf_counter(), 0
-  for frame in video.background(source.frames(lambda i: i >= start)):
+  for frame in prefetch.background(source.frames(lambda i: i >= start), 8):
     if end is not None and frame.index >= end:
       break
     if frame.rgb is not None:

@@ -49,7 +49,6 @@ def main() -> None:
 
   import jax  # pylint: disable=g-import-not-at-top
   from jaxswap import models, parallel, train  # pylint: disable=g-import-not-at-top
-  from train_throughput import make_model_only_step  # pylint: disable=g-import-not-at-top
 
   config = common.load_config(args.config, args.overrides)
   if args.dtype:
@@ -70,7 +69,7 @@ def main() -> None:
   model = models.create_model(config)
   tx = train.make_optimizer(config.optimizer)
   mode = "model-only" if args.model_only else "full"
-  make = make_model_only_step if args.model_only else train.make_train_step
+  make = functools.partial(train.make_train_step, augment=not args.model_only)
   rows = []
   for k in sizes:
     mesh = parallel.make_mesh(available[:k])

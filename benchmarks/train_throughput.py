@@ -52,33 +52,6 @@ FACESWAP_LOSS = {"mae": 0.0, "mse": 1.0, "dssim": 1.0, "ms_ssim": 0.0, "masked":
 LOADER_BOUND = 0.05
 
 
-def model_only_step(state, batch: dict, *, model, tx, config):
-  """train.train_step without augmentation: fwd + bwd + optimizer on the faces as they are."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from jaxswap import augment, train  # pylint: disable=g-import-not-at-top
-
-  def clean(ident):
-    images = batch[f"image_{ident}"].astype(jnp.float32) / 255.0
-    extras = jnp.concatenate([batch[f"mask_{ident}"], batch[f"priority_{ident}"]], -1)
-    return augment.Augmented(images, images, extras.astype(jnp.float32) / 255.0)
-
-  grads, metrics = jax.grad(train.loss_fn, has_aux=True)(
-      state.params, model, config, clean("a"), clean("b"))
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def make_model_only_step(model, tx, config, mesh):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxswap import parallel  # pylint: disable=g-import-not-at-top
-  repl, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(functools.partial(model_only_step, model=model, tx=tx, config=config),
-                 in_shardings=(repl, split), out_shardings=(repl, repl), donate_argnums=0)
-
-
 def with_loss(config, loss: str):
   """The config unchanged ("recipe") or with faceswap's default loss ("faceswap")."""
   if loss == "recipe":
@@ -169,7 +142,7 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
   for loss in args.losses:
     cfg = with_loss(config, loss)
     for mode in args.modes:
-      make = train.make_train_step if mode == "full" else make_model_only_step
+      make = functools.partial(train.make_train_step, augment=mode == "full")
       fn = make(model, tx, cfg, mesh)
       it = next_batch = None
       if loader is not None:

@@ -3,7 +3,9 @@
   jaxswap-convert --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
       [--alignments FILE] [--mask components|extended|learned|learned*components] [--erode 2]
       [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--batch 16]
-      [--frames START:END] [--smooth N] [--face-index K[,K...]] [--watermark] [--png-dir DIR]
+      [--frames START:END] [--smooth N] [--face-index K[,K...]] [--track K] [--max-gap F]
+      [--watermark] [--png-dir DIR]
+  jaxswap-convert --alignments FILE --list-tracks
 
 Pipeline: a reader thread decodes (and, without --alignments, detects faces); this thread aligns
 every face with the extraction geometry and runs the jitted, batched `jaxswap.swap` (dispatch is
@@ -28,7 +30,7 @@ import tqdm
 
 from jaxswap import convert_faces, prefetch, provenance, video
 from jaxswap.errors import JaxswapError
-from jaxswap.faces import composite
+from jaxswap.faces import alignments, composite, track
 from jaxswap.faces.composite import MASKS
 STAGES = ("decode", "detect", "align", "infer", "blend", "encode")
 
@@ -48,6 +50,8 @@ class Options:
   face_index: tuple[int, ...] | None = None
   watermark: bool = False
   coverage: float | None = None  # for on-the-fly detection; None: the run's, else 0.85
+  track: int | None = None  # swap only this track (alignments' numbering); None: every face
+  max_gap: int | None = None  # longest gap filled in along a track; None: max(12, 2 * every_n)
 
   def check(self) -> None:
     for name, value, choices in (("--to", self.to, ("a", "b")), ("--mask", self.mask, MASKS),
@@ -56,9 +60,9 @@ class Options:
       if value not in choices:
         raise JaxswapError(f"{name} {value!r} is not one of {', '.join(choices)}")
     if self.batch < 1 or self.smooth < 0 or not -50 <= self.erode <= 50 or \
-        not 0 <= self.blur <= 100:
+        not 0 <= self.blur <= 100 or (self.track or 0) < 0 or (self.max_gap or 0) < 0:
       raise JaxswapError("--batch must be >= 1, --smooth >= 0, --erode in -50..50 (%), "
-                         "--blur in 0..100 (%)")
+                         "--blur in 0..100 (%), --track and --max-gap >= 0")
     start, end = self.frames
     if start < 0 or (end is not None and end <= start):
       raise JaxswapError(f"--frames {start}:{end} is empty or negative")
@@ -129,9 +133,9 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   if png_dir is not None:
     sink = provenance.PngDirSink(png_dir, record, first_index=start)
   else:
-    sink = video.Mp4Sink(output, source.width, source.height, source.fps, record,
+    sink = video.Mp4Writer(output, source.width, source.height, source.fps, record, size="exact",
                             audio_from=input_path, audio_start=start / (source.fps or 1.0))
-  mark = opts.watermark or sink.needs_watermark
+  mark = opts.watermark
   timer = StageTimer()
   import cv2  # pylint: disable=g-import-not-at-top
   cv2_threads = cv2.getNumThreads()
@@ -150,7 +154,9 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
         writer.put(pool.submit(blend_frame, frame.rgb, jobs, opts, run.size, mark, timer))
         bar.update(1)
 
-      for frame, jobs in run.batches(faces.stream(timer), timer, opts.batch):
+      # An mp4 is written at one constant rate: a variable-rate input is refused, not drifted.
+      stream = faces.stream(timer, constant_rate=png_dir is None)
+      for frame, jobs in run.batches(stream, timer, opts.batch):
         emit(frame, jobs)
         frames += 1
         swapped += len(jobs)
@@ -167,7 +173,7 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   seconds = time.perf_counter() - t0
   return {"frames": frames, "faces_swapped": swapped, "seconds": seconds,
           "fps": frames / max(seconds, 1e-9), "output": png_dir or output,
-          "stages": {k: timer.seconds.get(k, 0.0) for k in STAGES},
+          "stages": {k: timer.seconds.get(k, 0.0) for k in STAGES}, **faces.counts,
           "compilations": run.compilations()}
 
 
@@ -182,13 +188,25 @@ def parse_frames(text: str | None) -> tuple[int, int | None]:
                        "empty)") from None
 
 
+def parse_face_index(text: str | None) -> tuple[int, ...] | None:
+  if not text:
+    return None
+  try:
+    index = tuple(int(k) for k in text.split(","))
+  except ValueError:
+    index = ()
+  if not index or min(index) < 0:
+    raise JaxswapError(f"--face-index {text!r}: expected face numbers, e.g. 0 or 0,2")
+  return index
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--input", required=True, help="video of the person to replace")
-  p.add_argument("--workdir", required=True, help="training run (config.json + checkpoints/)")
+  p.add_argument("--input", help="video of the person to replace")
+  p.add_argument("--workdir", help="training run (config.json + checkpoints/)")
   p.add_argument("--output", help="output .mp4 (H.264, the input's audio)")
   p.add_argument("--png-dir", help="write lossless PNG frames into this new folder instead")
-  p.add_argument("--to", required=True, choices=("a", "b"), help="identity to render faces as")
+  p.add_argument("--to", choices=("a", "b"), help="identity to render faces as")
   p.add_argument("--alignments", help="alignments.json of --input (jaxswap-extract); default: "
                                       "detect faces on the fly")
   p.add_argument("--mask", default="components", choices=MASKS)
@@ -206,6 +224,13 @@ def parse_args(argv):
                  help="average each face's matrix and landmarks over +-N frames")
   p.add_argument("--face-index", help="swap only these faces of a frame (0 = largest), "
                                       "comma separated; default all")
+  p.add_argument("--track", type=int, default=None,
+                 help="swap only this face track (0 = most screen time; needs --alignments)")
+  p.add_argument("--list-tracks", action="store_true",
+                 help="print the tracks of --alignments (frames, first/last, size) and exit")
+  p.add_argument("--max-gap", type=int, default=None,
+                 help="fill in a track across at most this many frames between sampled "
+                      "alignments (default max(12, 2 x --every-n)); longer gaps pass through")
   p.add_argument("--coverage", type=float, default=None,
                  help="on-the-fly detection only: crop coverage (default: the run's dataset's)")
   p.add_argument("--watermark", action="store_true", help="add a visible 'SYNTHETIC' label")
@@ -216,17 +241,22 @@ def parse_args(argv):
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    index = (tuple(int(k) for k in args.face_index.split(",")) if args.face_index else None)
+    if args.list_tracks:
+      if not args.alignments:
+        raise JaxswapError("--list-tracks needs --alignments FILE")
+      print(track.format_tracks(alignments.load(args.alignments)["tracks"]))
+      return 0
+    if not args.input or not args.workdir or not args.to:
+      raise JaxswapError("--input, --workdir and --to are required (except with --list-tracks)")
     opts = Options(to=args.to, mask=args.mask, erode=args.erode, blur=args.blur,
                    color=args.color, blend=args.blend, batch=args.batch,
-                   frames=parse_frames(args.frames), smooth=args.smooth, face_index=index,
-                   watermark=args.watermark, coverage=args.coverage)
+                   frames=parse_frames(args.frames), smooth=args.smooth,
+                   face_index=parse_face_index(args.face_index),
+                   watermark=args.watermark, coverage=args.coverage, track=args.track,
+                   max_gap=args.max_gap)
     summary = convert(args.input, args.workdir, args.output, opts,
                       alignments_path=args.alignments, png_dir=args.png_dir,
                       progress=not args.quiet)
-  except ValueError as e:
-    print(f"error: --face-index {args.face_index!r}: {e}", file=sys.stderr)
-    return 2
   except JaxswapError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -234,7 +264,9 @@ def main(argv=None) -> int:
     print("interrupted: no output written", file=sys.stderr)
     return 130
   print(f"{summary['output']}: {summary['frames']} frames, {summary['faces_swapped']} faces "
-        f"swapped in {summary['seconds']:.1f} s ({summary['fps']:.1f} frames/s)")
+        f"swapped ({summary['faces_interpolated']} filled in between sampled alignments, "
+        f"{summary['faces_in_long_gaps']} left out in gaps over --max-gap) in "
+        f"{summary['seconds']:.1f} s ({summary['fps']:.1f} frames/s)")
   return 0
 
 

@@ -17,9 +17,9 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxswap import video
+from jaxswap import prefetch, video
 from jaxswap.errors import JaxswapError
-from jaxswap.faces import alignments, geometry, warp
+from jaxswap.faces import alignments, geometry, track, warp
 
 log = logging.getLogger(__name__)
 DEFAULT_COVERAGE = 0.85
@@ -33,6 +33,7 @@ class Job:
   crop: np.ndarray | None = None  # uint8 (size, size, 3), the model's input
   rgb: np.ndarray | None = None  # float32 (size, size, 3) in [0, 1], the swapped face
   learned: np.ndarray | None = None  # float32 (size, size), the model's mask
+  track: int | None = None  # the face's track (jaxswap.faces.track): the same person across frames
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,9 +141,13 @@ def _listdir(path: str) -> list[str]:
 class FaceSource:
   """Frames with their faces' matrices: from an alignments file, or detected on the fly."""
 
-  def __init__(self, source, run: Run, opts, lookup=None, detector=None, coverage=None):
+  def __init__(self, source, run: Run, opts, lookup=None, detector=None, coverage=None,
+               counts: dict | None = None):
     self.source, self.run, self.opts = source, run, opts
     self._lookup, self._detector, self.coverage = lookup, detector, coverage
+    self._tracker = track.Tracker() if detector is not None else None
+    # faces filled in between sampled frames, and frames left out for a too long gap
+    self.counts = counts or {"faces_interpolated": 0, "faces_in_long_gaps": 0}
 
   @classmethod
   def create(cls, source, run: Run, alignments_path: str | None, opts) -> "FaceSource":
@@ -154,7 +159,17 @@ class FaceSource:
     if alignments_path is not None:
       doc = alignments.load(alignments_path)
       check_alignments(doc, alignments_path, source, trained)
-      return cls(source, run, opts, lookup=alignment_lookup(doc, run.size))
+      if opts.track is not None and opts.track not in {t["track"] for t in doc["tracks"]}:
+        raise JaxswapError(f"--track {opts.track}: {alignments_path} has tracks "
+                           f"{sorted(t['track'] for t in doc['tracks'])} (see --list-tracks)")
+      every_n = int(doc["settings"].get("every_n") or 1)
+      max_gap = opts.max_gap if opts.max_gap is not None else \
+          max(track.INTERPOLATE_GAP, 2 * every_n)
+      lookup, counts = alignment_lookup(doc, run.size, max_gap)
+      return cls(source, run, opts, lookup=lookup, counts=counts)
+    if opts.track is not None:
+      raise JaxswapError("--track needs --alignments (tracks are numbered over the whole video; "
+                         "run jaxswap-extract first and see --list-tracks)")
     coverage = opts.coverage or (trained or {}).get("coverage") or DEFAULT_COVERAGE
     from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
     return cls(source, run, opts, detector=detect.FaceDetector(), coverage=coverage)
@@ -165,17 +180,15 @@ class FaceSource:
 
   def _faces(self, rgb: np.ndarray, index: int) -> list[Job]:
     if self._lookup is not None:
-      return [Job(m, lm) for m, lm in self._lookup.get(index, [])]
-    jobs = []
-    for face in self._detector.detect(rgb):
-      if face.landmarks is not None:
-        m = geometry.alignment_matrix(face.landmarks, self.run.size, self.coverage)
-        jobs.append(Job(m, face.landmarks.astype(np.float64)))
-    return jobs
+      return [Job(m, lm, track=t) for m, lm, t in self._lookup.get(index, [])]
+    faces = [f for f in self._detector.detect(rgb) if f.landmarks is not None]
+    ids = self._tracker.update(index, [f.bbox for f in faces])  # in order of appearance
+    return [Job(geometry.alignment_matrix(f.landmarks, self.run.size, self.coverage),
+                f.landmarks.astype(np.float64), track=t) for f, t in zip(faces, ids)]
 
-  def _read(self, timer) -> Iterator:
+  def _read(self, timer, constant_rate: bool) -> Iterator:
     start, end = self.opts.frames
-    frames = self.source.frames(lambda i: i >= start)
+    frames = self.source.frames(lambda i: i >= start, constant_rate=constant_rate)
     while True:
       t0 = time.perf_counter()
       frame = next(frames, None)
@@ -188,15 +201,17 @@ class FaceSource:
       jobs = self._faces(frame.rgb, frame.index)
       if self.opts.face_index is not None:
         jobs = [j for k, j in enumerate(jobs) if k in self.opts.face_index]
+      if self.opts.track is not None:
+        jobs = [j for j in jobs if j.track == self.opts.track]
       timer.add("detect", time.perf_counter() - t0)
       yield frame, jobs
 
-  def stream(self, timer) -> Iterator:
+  def stream(self, timer, constant_rate: bool = False) -> Iterator:
     """(frame, jobs) decoded and located in a reader thread, smoothed over +-opts.smooth."""
-    items = self._read(timer)
+    items = self._read(timer, constant_rate)
     if self.opts.smooth > 0:
       items = smooth_stream(items, self.opts.smooth, self.run.size)
-    return video.background(items, depth=16)
+    return prefetch.background(items, 16, name="jaxswap-reader")
 
 
 def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None:
@@ -222,16 +237,38 @@ def check_alignments(doc: dict, path: str, source, trained: dict | None) -> None
         "--alignments to detect faces at the run's coverage")
 
 
-def alignment_lookup(doc: dict, size: int) -> dict[int, list]:
-  """frame index -> [(matrix at the model's size, landmarks)], from an alignments document."""
+def alignment_lookup(doc: dict, size: int, max_gap: int = track.INTERPOLATE_GAP
+                     ) -> tuple[dict[int, list], dict]:
+  """frame index -> [(matrix at the model's size, landmarks, track)] from an alignments document,
+  filled in along each track on the frames a sampled extraction (`--every-n`) skipped.
+
+  Returns it with {"faces_interpolated", "faces_in_long_gaps"} (unsampled frames of a track left
+  out because its sightings were more than `max_gap` frames apart).
+  """
   ref = int(doc["settings"]["size"])
-  out: dict[int, list] = {}
-  for frame, face in alignments.face_records(doc):
-    m = alignments.matrix(face)
-    if m is not None:
-      out.setdefault(frame["frame"], []).append(
-          (warp.rescale_matrix(m, ref, size), alignments.landmarks(face)))
-  return out
+  sampled = {int(f["frame"]) for f in doc["frames"]}
+  sightings: dict[int, dict[int, tuple]] = collections.defaultdict(dict)
+  rank: dict[tuple[int, int], int] = {}  # (frame, track) -> place in the frame's list
+  for frame in doc["frames"]:
+    for k, face in enumerate(frame["faces"]):
+      m = alignments.matrix(face)
+      if m is not None:
+        sightings[face["track"]][int(frame["frame"])] = (
+            warp.rescale_matrix(m, ref, size), alignments.landmarks(face))
+        rank[(int(frame["frame"]), face["track"])] = k
+  counts = {"faces_interpolated": 0, "faces_in_long_gaps": 0}
+  out: dict[int, list] = collections.defaultdict(list)
+  for t, seen in sightings.items():
+    filled, skipped = track.interpolate(seen, sampled, max_gap)
+    counts["faces_interpolated"] += len(filled) - len(seen)
+    counts["faces_in_long_gaps"] += skipped
+    for f, (m, lm) in filled.items():
+      out[f].append((m, lm, t))
+  # The alignments' order within a frame (largest first: what --face-index counts), filled-in
+  # faces after the sighted ones.
+  for f, faces in out.items():
+    faces.sort(key=lambda e: (rank.get((f, e[2]), len(faces)), e[2]))
+  return dict(out), counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,15 +281,19 @@ def _centre(job: Job, size: int) -> np.ndarray:
 
 
 def smooth_jobs(window: list[list[Job]], jobs: list[Job], size: int) -> list[Job]:
-  """Each face's matrix and landmarks averaged with the nearest face of every window frame.
+  """Each face's matrix and landmarks averaged along its track over the window's frames.
 
   Similarity matrices ([[a, -b, .], [b, a, .]]) form a linear space, so their mean is again one.
+  A face without a track is matched to the nearest face of each frame instead.
   """
   out = []
   for job in jobs:
     c, radius = _centre(job, size), 0.3 * size / geometry.matrix_scale(job.matrix)
     matched = []
     for other_jobs in window:
+      if job.track is not None:
+        matched += [o for o in other_jobs if o.track == job.track][:1]
+        continue
       if not other_jobs:
         continue
       d = [np.linalg.norm(_centre(o, size) - c) for o in other_jobs]
@@ -262,7 +303,7 @@ def smooth_jobs(window: list[list[Job]], jobs: list[Job], size: int) -> list[Job
     m = np.mean([o.matrix for o in matched], 0)
     lms = [o.landmarks for o in matched]
     lm = np.mean(lms, 0) if all(x is not None for x in lms) else job.landmarks
-    out.append(Job(m, lm))
+    out.append(Job(m, lm, track=job.track))
   return out
 
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from jaxswap import provenance, video
+from jaxswap import prefetch, provenance, video
 from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments, geometry, warp
 
@@ -186,6 +186,7 @@ class Output:
     doc["source"] = dict(doc["source"], frame_count=frames_seen,
                          reported_frame_count=doc["source"]["frame_count"])
     doc.update(complete=True, summary=summary, frames=[records[i] for i in sorted(records)])
+    alignments.link_tracks(doc)
     provenance.write_bytes(self.final_path, alignments.dumps(doc))
     shutil.rmtree(self.partial, ignore_errors=True)
     return doc
@@ -252,7 +253,8 @@ def extract(input_path: str, output: str, settings: Settings = Settings(), *,
   frames_seen, new_faces, new_frames = 0, 0, 0
   try:
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
-      for frame in video.background(source.frames(wanted)):
+      # A reader thread decodes ahead (OpenCV releases the GIL).
+      for frame in prefetch.background(source.frames(wanted), 8, name="jaxswap-reader"):
         frames_seen = frame.index + 1
         if frame.error == "skipped":
           bar.update(1)
@@ -295,7 +297,19 @@ def format_summary(doc: dict) -> str:
           f"({s['faces_detected']} detected), {s['frames_no_face']} frames with no face, "
           f"skipped: {s['skipped_small']} small, {s['skipped_blurry']} blurry, "
           f"{s['skipped_no_landmarks']} without landmarks"
-          + (f", {s['frames_unreadable']} unreadable images" if s["frames_unreadable"] else ""))
+          + (f", {s['frames_unreadable']} unreadable images" if s["frames_unreadable"] else "")
+          + f", {len(doc.get('tracks', []))} face tracks")
+
+
+def add_finding_args(p: argparse.ArgumentParser, faces: str) -> None:
+  """How faces are found and cropped: flags of jaxswap-extract and jaxswap-prepare alike."""
+  p.add_argument("--coverage", type=float, default=0.85,
+                 help="fraction of the crop the face oval (forehead to chin) spans")
+  p.add_argument("--every-n", type=int, default=1, help="process every n-th video frame")
+  p.add_argument("--faces", choices=("all", "largest"), default=faces,
+                 help="every face of a frame, or only its largest (the person a video is about)")
+  p.add_argument("--detect-confidence", type=float, default=0.5,
+                 help="face detection threshold in (0, 1)")
 
 
 def parse_args(argv):
@@ -303,17 +317,11 @@ def parse_args(argv):
   p.add_argument("--input", required=True, help="video file or folder of images")
   p.add_argument("--output", required=True, help="folder for faces, masks, alignments.json")
   p.add_argument("--size", type=int, default=256, help="side of the aligned crop, pixels")
-  p.add_argument("--coverage", type=float, default=0.85,
-                 help="fraction of the crop the face oval (forehead to chin) spans")
-  p.add_argument("--every-n", type=int, default=1, help="process every n-th frame")
+  add_finding_args(p, faces="all")
   p.add_argument("--min-face", type=float, default=0.0,
                  help="skip faces smaller than this (detection box side, frame pixels)")
   p.add_argument("--min-blur", type=float, default=0.0,
                  help="skip faces whose blur score (Laplacian variance) is below this")
-  p.add_argument("--faces", choices=("all", "largest"), default="all",
-                 help="every face of a frame, or only its largest")
-  p.add_argument("--detect-confidence", type=float, default=0.5,
-                 help="face detection threshold in (0, 1)")
   p.add_argument("--tiles", type=int, default=0,
                  help="also search a TILES x TILES grid for small faces (0: 2 for photos, 1 for "
                       "video)")

@@ -29,7 +29,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from jaxswap import extract
+from jaxswap import configs, extract
 from jaxswap.data import datasets
 from jaxswap.data.datasets import IDENTITIES, SPLITS, face_example, split_name, validation_start
 from jaxswap.errors import JaxswapError
@@ -199,7 +199,16 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
 
 
 # Model input sizes of the shipped configs: the dataset's faces must match config.image_size.
-CONFIG_FOR_SIZE = {64: "configs/original.py", 128: "configs/sae128.py"}
+CONFIG_FOR_SIZE = {64: "original", 128: "quick", 256: "liae256"}
+
+
+def config_file(name: str) -> str:
+  """A path `--config` opens from where the command runs: the checkout's `configs/NAME.py` (a
+  re-export), else the installed package's own file."""
+  local = os.path.join("configs", f"{name}.py")
+  if os.path.isfile(local):
+    return local
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), f"{name}.py")
 
 
 def extracted_dirs(output: str, identity: str, inputs: list[str]) -> list[str]:
@@ -215,11 +224,49 @@ def extracted_dirs(output: str, identity: str, inputs: list[str]) -> list[str]:
   return dirs
 
 
-def train_command(output: str, size: int, workdir: str) -> str:
-  config = CONFIG_FOR_SIZE.get(size, "configs/original.py")
-  extra = "" if size in CONFIG_FOR_SIZE else f" --config.image_size={size}"
-  return (f"python -m jaxswap.train --config {config} --workdir {workdir} "
-          f"--config.data.dir={output} --config.data.name=jaxswap_faces{extra}")
+def train_command(output: str, size: int, workdir: str) -> str | None:
+  """The command that trains on the dataset; None when no shipped model takes `size` px faces
+  (a model is built for one size: --config.image_size cannot change it)."""
+  if size not in CONFIG_FOR_SIZE:
+    return None
+  return (f"python -m jaxswap.train --config {config_file(CONFIG_FOR_SIZE[size])} "
+          f"--workdir {workdir} --config.data.dir={output} --config.data.name=jaxswap_faces")
+
+
+def extract_all(output: str, inputs: dict[str, list[str]], settings: extract.Settings,
+                progress: bool) -> dict[str, str]:
+  """Extracts every input into DIR/extracted/<group>/<name> (resumable); summaries by folder."""
+  reports = {}
+  for group, paths in inputs.items():
+    for path, folder in zip(paths, extracted_dirs(output, group, paths)):
+      if progress:
+        print(f"[{group}] extracting {path} -> {folder}", file=sys.stderr)
+      doc = extract.extract(path, folder, settings, progress=progress)
+      reports[folder] = extract.format_summary(doc)
+      if progress:
+        print(f"[{group}] {reports[folder]}", file=sys.stderr)
+  return reports
+
+
+def prepare_pretrain(inputs: list[str], output: str, *, size: int = 64,
+                     settings: extract.Settings = extract.Settings(faces="all"),
+                     min_face: float | None = None, min_blur: float = 10.0,
+                     mask: str = "components", validation: float = 0.1, shards: int = 4,
+                     progress: bool = True) -> dict:
+  """Many people pooled into one dataset whose A and B are both the whole pool.
+
+  DeepFaceLab's pretraining: the encoder (and LIAE's inter blocks) learn faces in general, both
+  decoders learn to draw any face; a pair run then starts from it (`--config.init_from`).
+  """
+  if len(set(map(os.path.abspath, inputs))) != len(inputs):
+    raise JaxswapError("--pretrain lists the same input twice")
+  reports = extract_all(output, {"pool": inputs}, settings, progress)
+  folders = extracted_dirs(output, "pool", inputs)
+  result = build_faces(output, folders, folders, image_size=size, mask=mask,
+                       min_face=size / 2 if min_face is None else min_face, min_blur=min_blur,
+                       validation_fraction=validation, num_shards=shards)
+  result["extracted"] = reports
+  return result
 
 
 def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int = 64,
@@ -231,15 +278,7 @@ def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int 
     for b in b_inputs:
       if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
         raise JaxswapError(f"--a and --b are the same input ({a}); they must be two people")
-  reports = {}
-  for ident, inputs in (("a", a_inputs), ("b", b_inputs)):
-    for path, folder in zip(inputs, extracted_dirs(output, ident, inputs)):
-      if progress:
-        print(f"[{ident}] extracting {path} -> {folder}", file=sys.stderr)
-      doc = extract.extract(path, folder, settings, progress=progress)
-      reports[folder] = extract.format_summary(doc)
-      if progress:
-        print(f"[{ident}] {reports[folder]}", file=sys.stderr)
+  reports = extract_all(output, {"a": a_inputs, "b": b_inputs}, settings, progress)
   result = build_faces(
       output, extracted_dirs(output, "a", a_inputs), extracted_dirs(output, "b", b_inputs),
       image_size=size, mask=mask, min_face=size / 2 if min_face is None else min_face,
@@ -250,19 +289,18 @@ def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--a", action="append", required=True, help="video or photo folder of person A")
-  p.add_argument("--b", action="append", required=True, help="video or photo folder of person B")
+  p.add_argument("--a", action="append", help="video or photo folder of person A")
+  p.add_argument("--b", action="append", help="video or photo folder of person B")
+  p.add_argument("--pretrain", nargs="+", action="extend", metavar="INPUT",
+                 help="instead of --a/--b: videos and photo folders of many people, pooled into "
+                      "one dataset for pretraining (every face found is used unless --faces)")
   p.add_argument("--output", required=True, help="dataset folder (the --config.data.dir)")
   p.add_argument("--size", type=int, default=64,
                  help="face size in the dataset = the model's config.image_size "
                       "(64: original/lightweight/tiny, 128: sae128)")
   p.add_argument("--extract-size", type=int, default=256,
                  help="side of the aligned crops kept on disk (resized to --size for the dataset)")
-  p.add_argument("--coverage", type=float, default=0.85, help="see jaxswap-extract --coverage")
-  p.add_argument("--every-n", type=int, default=1, help="use every n-th video frame")
-  p.add_argument("--faces", choices=("all", "largest"), default="largest",
-                 help="faces per frame to keep (largest: the person the video is about)")
-  p.add_argument("--detect-confidence", type=float, default=0.5)
+  extract.add_finding_args(p, faces=None)
   p.add_argument("--min-face", type=float, default=None,
                  help="drop faces whose detection box is smaller (frame pixels; default --size/2)")
   p.add_argument("--min-blur", type=float, default=10.0,
@@ -278,13 +316,24 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  pair = bool(args.a or args.b)
+  if (args.pretrain and pair) or (not args.pretrain and not (args.a and args.b)):
+    print("error: give --a and --b (two people), or --pretrain INPUT... (many people)",
+          file=sys.stderr)
+    return 2
+  # A pair's videos are about one person each; a pretraining pool wants every face it holds.
+  faces = args.faces or ("all" if args.pretrain else "largest")
   settings = extract.Settings(size=args.extract_size, coverage=args.coverage,
-                              every_n=args.every_n, faces=args.faces,
+                              every_n=args.every_n, faces=faces,
                               detect_confidence=args.detect_confidence)
+  options = dict(size=args.size, settings=settings, min_face=args.min_face,
+                 min_blur=args.min_blur, mask=args.mask, validation=args.validation,
+                 shards=args.shards, progress=not args.quiet)
   try:
-    result = prepare(args.a, args.b, args.output, size=args.size, settings=settings,
-                     min_face=args.min_face, min_blur=args.min_blur, mask=args.mask,
-                     validation=args.validation, shards=args.shards, progress=not args.quiet)
+    if args.pretrain:
+      result = prepare_pretrain(args.pretrain, args.output, **options)
+    else:
+      result = prepare(args.a, args.b, args.output, **options)
   except JaxswapError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -299,7 +348,15 @@ def main(argv=None) -> int:
     if any(why.values()):
       print(f"  dropped {ident}: " + ", ".join(f"{v} {k}" for k, v in why.items() if v))
   workdir = os.path.join("runs", os.path.basename(os.path.normpath(args.output)) or "faces")
-  print("train with:\n  " + train_command(args.output, args.size, workdir))
+  command = train_command(args.output, args.size, workdir)
+  if command is None:
+    sizes = ", ".join(f"{s} ({n})" for s, n in sorted(CONFIG_FOR_SIZE.items()))
+    print(f"no shipped config trains on {args.size} px faces (sizes: {sizes}); write one whose "
+          "model is built for them, or rebuild with such a --size")
+  else:
+    print("train with:\n  " + command)
+    if args.pretrain:
+      print("then start each pair's run from it: add --config.init_from=" + workdir)
   return 0
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxswap import parallel, provenance
+from jaxswap.data import loader
 
 ROWS = ("A", "A->A", "A->B", "B", "B->B", "B->A")
 
@@ -22,7 +23,7 @@ def grid(params, batch: dict, *, model, n: int) -> jax.Array:
   """uint8 (6*H, n*W, 3) grid of the first n faces of each identity in the batch."""
   rows = []
   for ident, own, other in (("a", 0, 1), ("b", 1, 0)):
-    x = batch[f"image_{ident}"][:n].astype(jnp.float32) / 255.0
+    x = loader.to_float(batch[f"image_{ident}"][:n])
     z = model.apply({"params": params}, x, method=model.encode)
     same = model.apply({"params": params}, z, own, method=model.decode)["rgb"]
     swap = model.apply({"params": params}, z, other, method=model.decode)["rgb"]

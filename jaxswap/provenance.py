@@ -142,8 +142,6 @@ class PngDirSink:
   absent or empty, so no stale frame of an earlier run can mix in.
   """
 
-  needs_watermark = False
-
   def __init__(self, folder: str, record: dict, first_index: int = 0):
     check_writable(folder, "--png-dir")
     if os.path.isdir(folder) and os.listdir(folder):

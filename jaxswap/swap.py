@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxswap import models, parallel
+from jaxswap.data import loader
 from jaxswap.checkpoint import Checkpointer
 from jaxswap.errors import JaxswapError
 
@@ -23,7 +24,7 @@ IDENTITY_INDEX = {"a": 0, "b": 1}
 
 def swap(params, faces: jax.Array, *, model: models.FaceSwapAutoencoder, to: int) -> dict:
   """faces: uint8 (B,H,W,3) aligned crops -> {"rgb": (B,H,W,3), ["mask": (B,H,W,1)]} float32."""
-  x = faces.astype(jnp.float32) / 255.0
+  x = loader.to_float(faces)
   out = model.apply({"params": params}, x, to, method=model.swap)
   return {k: v.astype(jnp.float32) for k, v in out.items()}
 

@@ -86,12 +86,15 @@ def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransforma
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(rng, batch: dict, config) -> tuple[augment.Augmented, augment.Augmented]:
-  """uint8 host batch -> augmented float32 input/target/masks of A and of B, on device."""
+def _prepare(rng, batch: dict, config, augmented: bool = True
+             ) -> tuple[augment.Augmented, augment.Augmented]:
+  """uint8 host batch -> (augmented) float32 input/target/masks of A and of B, on device."""
+  images = {i: data.to_float(batch[f"image_{i}"]) for i in "ab"}
+  extras = {i: data.to_float(jnp.concatenate([batch[f"mask_{i}"], batch[f"priority_{i}"]], -1))
+            for i in "ab"}
+  if not augmented:  # validation, and benchmarks of the model alone
+    return tuple(augment.Augmented(images[i], images[i], extras[i]) for i in "ab")
   k_ct, k_a, k_b = jax.random.split(rng, 3)
-  images = {i: batch[f"image_{i}"].astype(jnp.float32) / 255.0 for i in "ab"}
-  extras = {i: jnp.concatenate([batch[f"mask_{i}"], batch[f"priority_{i}"]], -1)
-            .astype(jnp.float32) / 255.0 for i in "ab"}
   if config.augment.color_transfer == "rct":
     images["a"] = augment.random_color_transfer(k_ct, images["a"], images["b"],
                                                 extras["a"][..., :1], extras["b"][..., :1])
@@ -113,9 +116,10 @@ def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augm
   return total, metrics
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, model, tx, config,
+               augmented: bool = True) -> tuple[TrainState, dict]:
   """One update on both identities. Pure: everything it depends on is in (state, batch)."""
-  aug_a, aug_b = _prepare(jax.random.fold_in(state.rng, state.step), batch, config)
+  aug_a, aug_b = _prepare(jax.random.fold_in(state.rng, state.step), batch, config, augmented)
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state.params, model, config, aug_a, aug_b)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -126,20 +130,20 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config) -> tuple[Tr
   return new_state, metrics
 
 
-def make_train_step(model, tx, config, mesh) -> Callable:
-  """The jitted step: state replicated, batch split over "data", state buffers donated."""
+def make_train_step(model, tx, config, mesh, augment: bool = True) -> Callable:
+  """The jitted step: state replicated, batch split over "data", state buffers donated.
+
+  augment=False trains on the faces as they are (benchmarks time the model alone with it).
+  """
   repl, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config,
+                                   augmented=augment),
                  in_shardings=(repl, split), out_shardings=(repl, repl), donate_argnums=0)
 
 
 def eval_losses(params, batch: dict, *, model, config) -> dict:
   """Validation: reconstruction loss on un-augmented faces."""
-  def clean(ident):
-    img = batch[f"image_{ident}"].astype(jnp.float32) / 255.0
-    ext = jnp.concatenate([batch[f"mask_{ident}"], batch[f"priority_{ident}"]], -1) / 255.0
-    return augment.Augmented(img, img, ext.astype(jnp.float32))
-  _, metrics = loss_fn(params, model, config, clean("a"), clean("b"))
+  _, metrics = loss_fn(params, model, config, *_prepare(None, batch, config, augmented=False))
   return {f"val_{k}": v for k, v in metrics.items() if k.startswith("loss")}
 
 
@@ -241,6 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log.info("resumed from step %d", latest)
   else:
     state = init()
+    if config.init_from:
+      state = start_from(state, config, mesh)
   if is_main:
     media.write_bytes(os.path.join(workdir, "config.json"),
                       json.dumps(dict(config.to_dict(), face=loader.spec.face), indent=2).encode())
@@ -321,6 +327,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     ckpt.close()
   return state
+
+
+def start_from(state: TrainState, config, mesh) -> TrainState:
+  """A fresh state whose parameters are the latest of run `config.init_from` (pretraining).
+
+  Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
+  learnt weights, so resuming it later is exact like any other.
+  """
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
+  source = config.init_from
+  try:
+    src_config, _, params = swap.load_run(source, mesh=mesh)
+  except JaxswapError as e:
+    raise JaxswapError(f"--config.init_from={source}: {e}") from None
+  if architecture(src_config) != architecture(config):
+    raise JaxswapError(f"--config.init_from={source} is a run of {architecture(src_config)}, "
+                       f"this one is {architecture(config)}: the parameters cannot carry over")
+  log.info("parameters initialised from %s", source)
+  return state.replace(params=params)
 
 
 def _check_finite(rows, ckpt: Checkpointer) -> None:

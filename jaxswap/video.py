@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from jaxswap import prefetch, provenance
+from jaxswap import provenance
 from jaxswap.errors import JaxswapError
 from jaxswap.images import IMAGE_EXTENSIONS, list_images, read_image
 
@@ -37,10 +37,30 @@ class Frame:
 # ----------------------------------------------------------------------------------------------
 
 
+def frame_rate(reported: float | None, timestamps_ms: list[float]) -> float | None:
+  """The container's frame rate when it is sane, else the one the first frames' timestamps show.
+
+  Some containers report 0, NaN or a time base (1000+) instead of a rate; None when neither
+  source says.
+  """
+  if reported is not None and np.isfinite(reported) and 0 < reported <= 1000:
+    return float(reported)
+  steps = np.diff(timestamps_ms)
+  steps = steps[steps > 0]
+  return float(1000.0 / np.median(steps)) if len(steps) else None
+
+
 class VideoSource:
-  """A video file, read front to back (seeking is frame-inexact for many codecs)."""
+  """A video file, read front to back (seeking is frame-inexact for many codecs).
+
+  Reading checks what a silent `cap.read() == False` would hide: a video that stops decoding well
+  before the frame count its container reports is truncated or corrupt (an error naming the
+  frame), and `frames(constant_rate=True)` refuses a variable-frame-rate video, whose frames
+  would drift from their audio once written at one constant rate.
+  """
 
   kind = "video"
+  MISSING_FRAMES_OK = 0.01  # estimated container counts may overshoot by a little
 
   def __init__(self, path: str):
     self.path = path
@@ -52,7 +72,10 @@ class VideoSource:
     if not ok or first is None:
       cap.release()
       raise JaxswapError(f"{path} holds no decodable video frames (corrupt or truncated file?)")
-    self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    times = [cap.get(cv2.CAP_PROP_POS_MSEC)]
+    if cap.grab():
+      times.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    self.fps = frame_rate(cap.get(cv2.CAP_PROP_FPS), times)
     self.height, self.width = first.shape[:2]
     self.reported_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     cap.release()
@@ -61,24 +84,53 @@ class VideoSource:
     return {"type": self.kind, "path": os.path.abspath(self.path), "fps": self.fps,
             "width": self.width, "height": self.height, "frame_count": self.reported_frames}
 
-  def frames(self, wanted: Callable[[int], bool]) -> Iterator[Frame]:
+  def frames(self, wanted: Callable[[int], bool], constant_rate: bool = False
+             ) -> Iterator[Frame]:
     """Every frame in order; frames not `wanted` are only grabbed (rgb None, no colour work)."""
     cap = cv2.VideoCapture(self.path)
     try:
-      index = 0
+      index, start_ms = 0, None
       while True:
         if wanted(index):
           ok, bgr = cap.read()
-          if not ok:
-            return
-          yield Frame(index, "", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         else:
-          if not cap.grab():
-            return
+          ok, bgr = cap.grab(), None
+        if not ok:
+          self._check_end(index)
+          return
+        if constant_rate:
+          now = cap.get(cv2.CAP_PROP_POS_MSEC)
+          start_ms = now if start_ms is None else start_ms
+          self._check_timing(index, now - start_ms)
+        if bgr is None:
           yield Frame(index, "", None, error="skipped")
+        else:
+          yield Frame(index, "", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         index += 1
     finally:
       cap.release()
+
+  def _check_end(self, index: int) -> None:
+    missing = self.reported_frames - index
+    if missing > max(2, self.MISSING_FRAMES_OK * self.reported_frames):
+      raise JaxswapError(
+          f"{self.path}: cannot decode frame {index} of the {self.reported_frames} frames the "
+          "file reports: it is truncated or corrupt from there on. Nothing was completed; "
+          "repair or re-encode it (or cut it before that frame) and run again")
+
+  def _check_timing(self, index: int, elapsed_ms: float) -> None:
+    if self.fps is None:
+      raise JaxswapError(f"{self.path}: its container reports no frame rate and its frames carry "
+                         "no timestamps; re-encode it at a constant rate (ffmpeg -i IN -r 30 "
+                         "OUT.mp4)")
+    period = 1000.0 / self.fps
+    if abs(elapsed_ms - index * period) > 1.5 * period:
+      raise JaxswapError(
+          f"{self.path} has a variable frame rate: frame {index} is shown at "
+          f"{elapsed_ms / 1000:.3f} s, not at {index * period / 1000:.3f} s as at a constant "
+          f"{self.fps:.3f} fps. jaxswap writes constant-rate video, which would drift from the "
+          f"audio; convert a constant-rate copy instead (ffmpeg -i IN -fps_mode cfr -r "
+          f"{round(self.fps)} OUT.mp4)")
 
 
 class ImageFolderSource:
@@ -148,11 +200,6 @@ def fingerprint(path: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def background(items: Iterable, depth: int = 8) -> Iterator:
-  """Iterates `items` in a daemon thread, `depth` ahead (OpenCV decoding releases the GIL)."""
-  return prefetch.background(items, depth, name="jaxswap-reader")
-
-
 # ----------------------------------------------------------------------------------------------
 # mp4 through imageio-ffmpeg's ffmpeg
 # ----------------------------------------------------------------------------------------------
@@ -176,20 +223,29 @@ class Mp4Writer:
 
   `size="pad"` pads odd sizes to even (yuv420p, plays everywhere); `size="exact"` keeps the frame
   size: yuv420p when both sides are even, yuv444p (High 4:4:4, which some players refuse)
-  otherwise. `audio_from` copies that file's first audio stream (re-encoded to AAC when mp4 cannot
-  hold its codec), trimmed to [audio_start, audio_start + frames / fps). The output appears at
-  `path` only on a clean `close()`; any failure leaves no file behind.
+  otherwise. `audio_from` adds that file's first audio stream (copied; re-encoded to AAC when mp4
+  cannot hold its codec) from `audio_start` on, trimmed to the video written: the video is
+  encoded first, and the audio muxed in at `close()`, once the exact frame count is known. So
+  every frame is kept whatever the audio's length (a shorter track simply ends early; a longer
+  one is cut). The output appears at `path` only on a clean `close()`; any failure leaves no file.
   """
 
-  def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
+  def __init__(self, path: str, width: int, height: int, fps: float | None, record: dict, *,
                size: str = "pad", audio_from: str | None = None, audio_start: float = 0.0,
                crf: int = 18, preset: str = "veryfast"):
     self.exe = ffmpeg_exe()
     if self.exe is None:
       raise JaxswapError("writing mp4 needs the ffmpeg binary of the imageio-ffmpeg package")
-    self.path, self.count = path, 0
+    if fps is None or not 0 < fps <= 1000:
+      raise JaxswapError(f"cannot write {path} at a frame rate of {fps!r}")
+    self.path, self.fps, self.count, self.record = path, float(fps), 0, record
+    codec = audio_codec(audio_from) if audio_from is not None else None
+    self._audio = None if codec is None else (
+        audio_from, audio_start, "copy" if codec in _MP4_AUDIO else "aac")
     self._ctx = provenance.atomic_path(path, ".mp4")
-    tmp = self._ctx.__enter__()
+    self._tmp = self._ctx.__enter__()
+    # With audio to add, the video goes to a second temporary file first.
+    self._video = self._tmp[:-4] + ".video.mp4" if self._audio else self._tmp
     even = width % 2 == 0 and height % 2 == 0
     video = ["-c:v", "libx264", "-preset", preset, "-crf", str(crf)]
     if size == "pad" or even:
@@ -197,15 +253,10 @@ class Mp4Writer:
                                            if not even else [])
     else:
       video += ["-pix_fmt", "yuv444p"]
-    audio: list[str] = []
-    if audio_from is not None and audio_codec(audio_from) is not None:
-      codec = "copy" if audio_codec(audio_from) in _MP4_AUDIO else "aac"
-      audio = (["-ss", f"{audio_start:.6f}"] if audio_start > 0 else []) + ["-i", audio_from]
-      audio_map = ["-map", "0:v:0", "-map", "1:a:0", "-c:a", codec, "-shortest"]
     cmd = [self.exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", *audio,
-           *(audio_map if audio else []), *video, *metadata_args(record),
-           "-movflags", "+faststart", tmp]
+           "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "-", *video,
+           *([] if self._audio else metadata_args(record)), "-movflags", "+faststart",
+           self._video]
     try:
       self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
@@ -216,16 +267,30 @@ class Mp4Writer:
 
   def write(self, frame: np.ndarray) -> None:
     if frame.shape != self._shape:
-      raise ValueError(f"frame {frame.shape} is not the writer's {self._shape}")
+      raise JaxswapError(f"frame {frame.shape} does not fit the {self._shape} of {self.path}")
     try:
       self._proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
     except BrokenPipeError:
+      err = self._stderr()
       self.abort()
-      raise JaxswapError(f"ffmpeg stopped while writing {self.path}: {self._stderr()}") from None
+      raise JaxswapError(f"ffmpeg stopped while writing {self.path}: "
+                         f"{err or 'it gave no reason (out of disk space or memory?)'}") from None
     self.count += 1
 
   def _stderr(self) -> str:
-    return self._proc.stderr.read().decode(errors="replace")[-500:]
+    self._proc.poll()
+    return self._proc.stderr.read().decode(errors="replace").strip()[-500:]
+
+  def _mux_audio(self) -> None:
+    source, start, codec = self._audio
+    cmd = [self.exe, "-y", "-loglevel", "error", "-i", self._video,
+           *(["-ss", f"{start:.6f}"] if start > 0 else []), "-t", f"{self.count / self.fps:.6f}",
+           "-i", source, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", codec,
+           *metadata_args(self.record), "-movflags", "+faststart", self._tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      raise JaxswapError(f"ffmpeg failed adding the audio of {source} to {self.path}: "
+                         f"{proc.stderr.strip()[-500:]}")
 
   def close(self) -> int:
     """Finishes the file and renames it into place; returns the number of frames written."""
@@ -236,24 +301,32 @@ class Mp4Writer:
       self._proc.stdin.close()
     except BrokenPipeError:
       pass
-    if self._proc.wait() != 0:
-      err = self._stderr()
-      self._ctx.__exit__(JaxswapError, None, None)
-      raise JaxswapError(f"ffmpeg failed writing {self.path}: {err}")
-    if self.count == 0:
-      self._ctx.__exit__(JaxswapError, None, None)
-      raise JaxswapError(f"no frames to write to {self.path}")
-    self._ctx.__exit__(None, None, None)
+    try:
+      if self._proc.wait() != 0:
+        raise JaxswapError(f"ffmpeg failed writing {self.path}: {self._stderr()}")
+      if self.count == 0:
+        raise JaxswapError(f"no frames to write to {self.path}")
+      if self._audio:
+        self._mux_audio()
+    except JaxswapError:
+      self._cleanup(failed=True)
+      raise
+    self._cleanup(failed=False)
     return self.count
 
+  def _cleanup(self, failed: bool) -> None:
+    if self._video != self._tmp and os.path.exists(self._video):
+      os.remove(self._video)
+    self._ctx.__exit__(JaxswapError if failed else None, None, None)
+
   def abort(self) -> None:
-    """Stops ffmpeg and removes the temporary file; `path` is left as it was."""
+    """Stops ffmpeg and removes the temporary files; `path` is left as it was."""
     if self._closed:
       return
     self._closed = True
     self._proc.kill()
     self._proc.wait()
-    self._ctx.__exit__(JaxswapError, None, None)
+    self._cleanup(failed=True)
 
   def __enter__(self) -> "Mp4Writer":
     return self
@@ -313,52 +386,3 @@ def provenance_of(path: str) -> dict | None:
       except json.JSONDecodeError:
         return None
   return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Frames out: an mp4 of the input's size (a folder of PNGs: provenance.PngDirSink)
-# ----------------------------------------------------------------------------------------------
-
-
-class Mp4Sink:
-  """H.264 mp4 of the exact input size with the input's audio; OpenCV's writer if no ffmpeg.
-
-  The OpenCV fallback can carry neither audio nor the provenance tag, so `needs_watermark` tells
-  the caller to mark every frame visibly instead.
-  """
-
-  def __init__(self, path: str, width: int, height: int, fps: float, record: dict, *,
-               audio_from: str | None = None, audio_start: float = 0.0):
-    self.path = path
-    self.needs_watermark = ffmpeg_exe() is None
-    if not self.needs_watermark:
-      self._mp4 = Mp4Writer(path, width, height, fps, record, size="exact",
-                                  audio_from=audio_from, audio_start=audio_start)
-      return
-    self._mp4 = None
-    self._ctx = provenance.atomic_path(path, ".mp4")
-    tmp = self._ctx.__enter__()
-    self._cv = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not self._cv.isOpened():
-      self._ctx.__exit__(JaxswapError, None, None)
-      raise JaxswapError(f"OpenCV cannot write {path} (and imageio-ffmpeg's ffmpeg is absent)")
-
-  def write(self, rgb: np.ndarray) -> None:
-    if self._mp4 is not None:
-      self._mp4.write(rgb)
-    else:
-      self._cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-  def close(self) -> None:
-    if self._mp4 is not None:
-      self._mp4.close()
-    else:
-      self._cv.release()
-      self._ctx.__exit__(None, None, None)
-
-  def abort(self) -> None:
-    if self._mp4 is not None:
-      self._mp4.abort()
-    else:
-      self._cv.release()
-      self._ctx.__exit__(JaxswapError, None, None)

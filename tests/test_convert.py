@@ -72,7 +72,7 @@ def alignments_doc(path: str, faces: dict) -> dict:
     recs = []
     for m in faces.get(i, []):
       lm = g.transform_points(g.invert_affine(m), fake_mesh(SIZE))
-      recs.append({"bbox": [0, 0, 1, 1], "score": 1.0, "landmarks": lm.tolist(),
+      recs.append({"bbox": [*lm.min(0), *lm.max(0)], "score": 1.0, "landmarks": lm.tolist(),
                    "matrix": m.tolist(), "blur": 100.0, "file": None, "skipped": None})
     frames.append({"frame": i, "faces": recs})
   return {"schema": alignments.SCHEMA, "version": alignments.VERSION, "complete": True,

@@ -163,6 +163,10 @@ def test_video_extraction_one_face_per_frame(video, extracted, reference):
   assert src["fps"] == pytest.approx(30.0) and src["path"] == os.path.abspath(path)
   assert [f["frame"] for f in on_disk["frames"]] == list(range(30))
   assert doc["summary"]["faces_written"] == 30 and doc["summary"]["frames_no_face"] == 0
+  # One person, one track over the whole clip.
+  assert on_disk["tracks"] == [{"track": 0, "frames": 30, "first": 0, "last": 29,
+                                "mean_size": on_disk["tracks"][0]["mean_size"]}]
+  assert all(f["faces"][0]["track"] == 0 for f in on_disk["frames"])
   _, m_ref = reference
   for frame, t in zip(on_disk["frames"], transforms):
     (face,) = frame["faces"]

@@ -224,3 +224,23 @@ def test_bf16_inputs_jit_and_finite_gradients():
   for p in (pred, target):  # Identical images: the MS-SSIM powers sit at their kink.
     g = jax.grad(loss)(jnp.asarray(p))
     assert np.all(np.isfinite(g))
+
+
+def test_laplacian_term_prices_blur_that_pixel_losses_barely_see():
+  import cv2  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  sharp = rng.uniform(0.2, 0.8, size=(2, 32, 32, 3)).astype(np.float32)
+  blurred = np.stack([cv2.GaussianBlur(i, (0, 0), 1.0) for i in sharp])
+  # By hand on one interior pixel: 4 * centre - its 4 neighbours.
+  lap = np.asarray(losses.laplacian(sharp))
+  want = 4 * sharp[0, 5, 7] - sharp[0, 4, 7] - sharp[0, 6, 7] - sharp[0, 5, 6] - sharp[0, 5, 8]
+  np.testing.assert_allclose(lap[0, 4, 6], want, rtol=1e-5)
+  assert float(losses.laplacian_loss(sharp, sharp)) == 0.0
+  edge = float(losses.laplacian_loss(blurred, sharp))
+  assert edge > 3 * float(losses.mae(blurred, sharp))  # blur costs far more here
+  # A constant shift has no edges: the term ignores it.
+  assert float(losses.laplacian_loss(sharp + 0.1, sharp)) < 1e-5
+  cfg = _loss_cfg(mae=0.0, laplacian=2.0)
+  total, terms = losses.reconstruction_loss(blurred, sharp, cfg)
+  assert set(terms) == {"laplacian"}
+  np.testing.assert_allclose(total, 2.0 * edge, rtol=1e-5)

@@ -158,3 +158,41 @@ def test_one_train_step_on_the_prepared_dataset(prepared, tmp_path):
     ckpt.close()
   finally:
     os.rename(prepared["out"] + "_moved", prepared["out"])
+
+
+def test_printed_train_command_is_valid_from_anywhere(tmp_path, monkeypatch):
+  """Its --config opens from the directory it runs in, and names a model built for the size."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from jaxswap import models  # pylint: disable=g-import-not-at-top
+  for where in (os.getcwd(), str(tmp_path)):  # the checkout, then somewhere else
+    monkeypatch.chdir(where)
+    for size in prepare.CONFIG_FOR_SIZE:
+      command = prepare.train_command("data/ab", size, "runs/ab").split()
+      path = command[command.index("--config") + 1]
+      spec = importlib.util.spec_from_file_location("printed_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config()
+      assert config.image_size == size and models.create_model(config).spec.image_size == size
+  assert prepare.train_command("data/ab", 96, "runs/ab") is None  # no model takes 96 px faces
+
+
+def test_pretrain_pools_every_input_into_both_identities(prepared, tmp_path, capsys):
+  out = str(tmp_path / "pool")
+  code = prepare.main(["--pretrain", prepared["video"], prepared["photos"], "--output", out,
+                       "--size", str(SIZE), "--quiet"])
+  printed = capsys.readouterr().out
+  assert code == 0 and "--config.init_from=runs/pool" in printed
+  counts = {(split, ident): len(data.open_split(out, "jaxswap_faces", split, ident))
+            for split in ("train", "validation") for ident in ("a", "b")}
+  # Both people of the fixture, in A and in B alike (same contiguous splits as a pair).
+  assert counts[("train", "a")] == counts[("train", "b")] == 24 + 11
+  sources = {data.open_split(out, "jaxswap_faces", "train", "b")[i]["source"].decode()
+             for i in range(35)}
+  assert sources == {prepared["video"], prepared["photos"]}
+
+
+def test_pretrain_and_a_pair_together_are_refused(prepared, tmp_path, capsys):
+  code = prepare.main(["--pretrain", prepared["video"], "--a", prepared["photos"], "--output",
+                       str(tmp_path / "x"), "--quiet"])
+  assert code == 2 and "--pretrain" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The training step and loop: data parallelism, single compilation, exact resume, bad input."""
 
+import functools
 import json
 import os
 import subprocess
@@ -191,3 +192,49 @@ def test_bfloat16_compute_trains_with_float32_params(synthetic_data_dir):
              if hasattr(p, "dtype") and p.ndim)
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < 0.95 * np.mean(losses[:4]), losses
+
+
+def test_step_without_augmentation_trains_on_the_faces_as_they_are(synthetic_data_dir):
+  """augment=False (what benchmarks time as "model-only"): its loss is the clean-face loss."""
+  config = tiny_config(synthetic_data_dir)
+  mesh = parallel.make_mesh()
+  model = models.create_model(config)
+  tx = train.make_optimizer(config.optimizer)
+  state = jax.jit(lambda: train.create_state(model, tx, config.seed),
+                  out_shardings=parallel.replicated(mesh))()
+  batch = parallel.global_batch(
+      data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=0).batch(0), mesh)
+  clean = jax.jit(functools.partial(train.eval_losses, model=model, config=config))(
+      state.params, batch)
+  expected = {k: float(v) for k, v in clean.items()}
+  augmented = train.make_train_step(model, tx, config, mesh)
+  plain = train.make_train_step(model, tx, config, mesh, augment=False)
+  _, m_aug = augmented(jax.tree_util.tree_map(jnp.copy, state), batch)
+  new, m = plain(state, batch)
+  assert float(m["loss_a"]) == pytest.approx(expected["val_loss_a"], rel=1e-5)
+  assert float(m["loss_b"]) == pytest.approx(expected["val_loss_b"], rel=1e-5)
+  assert abs(float(m_aug["loss_a"]) - expected["val_loss_a"]) > 1e-4  # augmentation does differ
+  assert int(new.step) == 1
+
+
+def test_init_from_starts_a_fresh_run_from_another_runs_parameters(synthetic_data_dir, tiny_run,
+                                                                    tmp_path):
+  """DeepFaceLab's pretraining: a pair run begins with a pretrained run's weights, at step 0."""
+  _, _, source = swap.load_run(tiny_run)
+  workdir = str(tmp_path / "pair")
+  config = tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
+                       **{"optimizer.learning_rate": 0.0})
+  state = train.train_and_evaluate(config, workdir, progress=False)
+  assert int(state.step) == 1  # its own count, from 0
+  for got, want in zip(jax.tree_util.tree_leaves(state.params),
+                       jax.tree_util.tree_leaves(source)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # lr 0: unchanged
+  fresh = train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1,
+                                               **{"optimizer.learning_rate": 0.0}),
+                                   str(tmp_path / "fresh"), progress=False)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(fresh.params),
+                                                       jax.tree_util.tree_leaves(source)))
+  with pytest.raises(JaxswapError, match="init_from.*cannot carry over"):
+    train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
+                                         **{"model.learn_mask": True}),
+                             str(tmp_path / "other"), progress=False)

@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.mse = 0.0
   c.loss.dssim = 0.0  # (1 - SSIM) / 2, 11x11 Gaussian window, sigma 1.5
   c.loss.ms_ssim = 0.0  # 1 - MS-SSIM
+  c.loss.laplacian = 0.0  # sharpness: L1 between the Laplacians (edges) of prediction and target
   c.loss.mask = 0.0  # MSE of the learned mask against the dataset mask
   c.loss.masked = False  # restrict the image loss to the dataset mask when present
   c.loss.eye_mouth_weight = 0.0  # extra weight on eye/mouth regions (0 disables)

@@ -10,11 +10,18 @@ import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxswap import prefetch
 from jaxswap.data.datasets import IDENTITIES, decode_png, face_geometry, open_split
 from jaxswap.errors import JaxswapError
+
+
+def to_float(images) -> jnp.ndarray:
+  """uint8 [0, 255] faces -> float32 [0, 1]: the one conversion of train, previews, swap and
+  benchmarks (on the device inside jit; a host array is copied there)."""
+  return jnp.asarray(images).astype(jnp.float32) / 255.0
 
 
 @dataclasses.dataclass(frozen=True)

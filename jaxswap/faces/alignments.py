@@ -4,18 +4,19 @@ Written by `jaxswap.extract`, read by the dataset builder and by conversion; nev
 schema is documented in README.md ("alignments.json"); `load` checks it and migrates older
 versions, so a reader only ever sees the current one.
 
-  {"schema": "jaxswap.alignments", "version": 1, "complete": true,
+  {"schema": "jaxswap.alignments", "version": 2, "complete": true,
    "source":   {"type": "video"|"images", "path", "fingerprint", "fps", "width", "height",
                 "frame_count", "reported_frame_count"},
    "settings": {"size", "coverage", "every_n", "min_face", "min_blur", "faces",
                 "detect_confidence", "template"},
    "files":    {"faces": "faces", "masks": {"components": "masks/components", ...}},
    "summary":  {...counts...},
+   "tracks":   [{"track": 0, "frames", "first", "last", "mean_size"}, ...],  (version 2)
    "frames":   [{"frame": 0, ["name", "width", "height" for images], "faces": [
                   {"bbox": [x0, y0, x1, y1], "score", "landmarks": [[x, y] * 478] | null,
                    "matrix": [[a, b, c], [d, e, f]] | null, "blur": float | null,
                    "file": "NAME.png" | null, "skipped": null | "small" | "no_landmarks"
-                   | "blurry"}]}]}
+                   | "blurry", "track": 0}]}]}
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import Iterator
 import numpy as np
 
 from jaxswap.errors import JaxswapError
+from jaxswap.faces import track
 
 SCHEMA = "jaxswap.alignments"
-VERSION = 1
+VERSION = 2
 FILENAME = "alignments.json"
 SKIP_REASONS = ("small", "no_landmarks", "blurry")
 _REQUIRED = ("source", "settings", "files", "frames")
@@ -44,14 +46,26 @@ def dumps(doc: dict) -> bytes:
   return (head_text[:-2] + ',\n "frames": [\n' + frames + "\n]}\n").encode()
 
 
+def link_tracks(doc: dict) -> dict:
+  """Links the document's faces into tracks (sets face["track"] and doc["tracks"]).
+
+  Sampled extractions (`--every-n N`) see a face only every N frames: the link gap grows with N.
+  """
+  every_n = int(doc.get("settings", {}).get("every_n") or 1)
+  doc["tracks"] = track.link_frames(doc.get("frames", []), max(track.LINK_GAP, 3 * every_n))
+  return doc
+
+
 def migrate(doc: dict, path: str) -> dict:
-  """Brings an older document up to VERSION (version 1 is the first; nothing to migrate yet)."""
+  """Brings an older document up to VERSION: version 2 adds face tracks."""
   version = doc.get("version")
   if not isinstance(version, int) or version < 1:
     raise JaxswapError(f"{path} has no valid schema version")
   if version > VERSION:
     raise JaxswapError(f"{path} uses alignments schema {version}, newer than this jaxswap "
                        f"({VERSION}); upgrade jaxswap")
+  if (version < 2 or "tracks" not in doc) and "frames" in doc:
+    doc = link_tracks(dict(doc, version=VERSION))
   return doc
 
 
