@@ -11,7 +11,10 @@
 #   PEAK_BF16=989 PEAK_FP32=495   dense TFLOP/s of one GPU (H100/H200 SXM: bf16, TF32 - jax's
 #                                 default float32 precision for convs and dots on GPUs)
 #   CONFIGS="original sae128 liae256"  DTYPES="bfloat16 float32"  BATCHES="64 128 256 512"
-#   STEPS=10 WARMUP=2             timed and untimed steps per cell (compilation excluded)
+#   STEPS=5 WARMUP=1              timed and untimed steps per cell (compilation excluded)
+#   BUDGET_S=540                  wall-clock budget: every part runs under `timeout` with what is
+#                                 left, parts past it are skipped and reported (a device lease of
+#                                 10 minutes a command fits); order: bf16 cells, conversion, float32
 #   VIDEO_A, VIDEO_B              videos for the conversion run (default: shared/data/videos/
 #                                 obama.mp4 and man_glasses.mp4, here or in ../shared)
 #   CONVERT_FRAMES=0:300 CONVERT_BATCH=64 SKIP_CONVERT=1
@@ -35,13 +38,19 @@ SMOKE=${JAXSWAP_GPU_SMOKE:-0}
 PEAK_BF16=${PEAK_BF16:-989}
 PEAK_FP32=${PEAK_FP32:-495}
 DTYPES=${DTYPES:-"bfloat16 float32"}
+BUDGET_S=${BUDGET_S:-540}
+REPORT_RESERVE_S=20  # kept for the report at the end
+left() {  # seconds left for the parts (at least 1: `timeout` needs a positive limit)
+  local l=$((BUDGET_S - REPORT_RESERVE_S - SECONDS))
+  echo $((l < 1 ? 1 : l))
+}
 if [[ $SMOKE == 1 ]]; then
   CONFIGS=${CONFIGS:-tiny}; BATCHES=${BATCHES:-2}; STEPS=${STEPS:-1}; WARMUP=${WARMUP:-0}
   CONVERT_CONFIG=tiny; CONVERT_FRAMES=${CONVERT_FRAMES:-0:8}; CONVERT_BATCH=${CONVERT_BATCH:-4}
   EVERY_N=1
 else
   CONFIGS=${CONFIGS:-"original sae128 liae256"}; BATCHES=${BATCHES:-"64 128 256 512"}
-  STEPS=${STEPS:-10}; WARMUP=${WARMUP:-2}
+  STEPS=${STEPS:-5}; WARMUP=${WARMUP:-1}
   CONVERT_CONFIG=original; CONVERT_FRAMES=${CONVERT_FRAMES:-0:300}
   CONVERT_BATCH=${CONVERT_BATCH:-64}; EVERY_N=${EVERY_N:-5}
 fi
@@ -86,28 +95,35 @@ fi
 "$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" \
   | tee "$OUT/logs/jax.txt" >&2
 
-# --- 3. Training throughput ------------------------------------------------------------------
+# --- 3. Training throughput (a function: bf16 cells run before conversion, float32 after) ----
 failed=()
 batch_args=()
 for b in $BATCHES; do batch_args+=(--batch "$b"); done
-for cfg in $CONFIGS; do
-  [[ -f configs/$cfg.py ]] || die "no configs/$cfg.py"
-  for dtype in $DTYPES; do
-    case $dtype in
-      bfloat16) peak=$PEAK_BF16 ;;
-      float32) peak=$PEAK_FP32 ;;
-      *) die "DTYPES: $dtype is not bfloat16 or float32" ;;
-    esac
+for cfg in $CONFIGS; do [[ -f configs/$cfg.py ]] || die "no configs/$cfg.py"; done
+train_cells() {  # $1 = dtype
+  local dtype=$1 peak cfg name rc
+  case $dtype in
+    bfloat16) peak=$PEAK_BF16 ;;
+    float32) peak=$PEAK_FP32 ;;
+    *) die "DTYPES: $dtype is not bfloat16 or float32" ;;
+  esac
+  for cfg in $CONFIGS; do
     name="train_${cfg}_${dtype}"
-    note "training step: $cfg $dtype batch $BATCHES (peak $peak TFLOP/s) -> $OUT/$name.json"
-    if ! "$PY" benchmarks/train_throughput.py --config "configs/$cfg.py" --dtype "$dtype" \
-        "${batch_args[@]}" --peak-tflops "$peak" --steps "$STEPS" --warmup "$WARMUP" \
-        --keep-going --json "$OUT/$name.json" > "$OUT/logs/$name.log" 2>&1; then
-      note "FAILED: $name (see $OUT/logs/$name.log); continuing"
+    if (( $(left) < 30 )); then
+      note "SKIPPED (budget BUDGET_S=$BUDGET_S spent): $name"; failed+=("$name (budget)"); continue
+    fi
+    note "training step: $cfg $dtype batch $BATCHES (peak $peak TFLOP/s, $(left) s left) -> $name.json"
+    rc=0
+    timeout --signal=INT --kill-after=10 "$(left)" "$PY" benchmarks/train_throughput.py \
+      --config "configs/$cfg.py" --dtype "$dtype" "${batch_args[@]}" --peak-tflops "$peak" \
+      --steps "$STEPS" --warmup "$WARMUP" --keep-going --json "$OUT/$name.json" \
+      > "$OUT/logs/$name.log" 2>&1 || rc=$?
+    if (( rc != 0 )); then
+      note "FAILED (exit $rc; 124/130/137: stopped at the budget, rows measured so far kept): $name, see $OUT/logs/$name.log"
       failed+=("$name")
     fi
   done
-done
+}
 
 # --- 4. Conversion ---------------------------------------------------------------------------
 find_video() {  # first existing of shared/data/videos/$1 here or next to the checkout
@@ -116,42 +132,55 @@ find_video() {  # first existing of shared/data/videos/$1 here or next to the ch
   done
   return 0
 }
-if [[ $SMOKE == 1 ]]; then
-  VIDEO_A=${VIDEO_A:-$(find_video short_16frames.mp4)}
-  VIDEO_B=${VIDEO_B:-$(dirname "${VIDEO_A:-.}")/../photos/id01}
-else
-  VIDEO_A=${VIDEO_A:-$(find_video obama.mp4)}
-  VIDEO_B=${VIDEO_B:-$(find_video man_glasses.mp4)}
-fi
-if [[ ${SKIP_CONVERT:-0} == 1 ]]; then
-  note "conversion skipped (SKIP_CONVERT=1)"
-elif [[ -z ${VIDEO_A:-} || ! -e $VIDEO_A || -z ${VIDEO_B:-} || ! -e $VIDEO_B ]]; then
-  note "conversion skipped: set VIDEO_A and VIDEO_B (no shared/data/videos found)"
-  failed+=("convert (no videos)")
-elif [[ -n $(missing $CONVERT_MODULES) ]]; then
-  note "conversion skipped: $(echo $(missing $CONVERT_MODULES)) not importable"
-  failed+=("convert (mediapipe/imageio-ffmpeg missing)")
-else
+convert_part() {
+  if [[ $SMOKE == 1 ]]; then
+    VIDEO_A=${VIDEO_A:-$(find_video short_16frames.mp4)}
+    VIDEO_B=${VIDEO_B:-$(dirname "${VIDEO_A:-.}")/../photos/id01}
+  else
+    VIDEO_A=${VIDEO_A:-$(find_video obama.mp4)}
+    VIDEO_B=${VIDEO_B:-$(find_video man_glasses.mp4)}
+  fi
+  if [[ ${SKIP_CONVERT:-0} == 1 ]]; then
+    note "conversion skipped (SKIP_CONVERT=1)"; return
+  elif [[ -z ${VIDEO_A:-} || ! -e $VIDEO_A || -z ${VIDEO_B:-} || ! -e $VIDEO_B ]]; then
+    note "conversion skipped: set VIDEO_A and VIDEO_B (no shared/data/videos found)"
+    failed+=("convert (no videos)"); return
+  elif [[ -n $(missing $CONVERT_MODULES) ]]; then
+    note "conversion skipped: $(echo $(missing $CONVERT_MODULES)) not importable"
+    failed+=("convert (mediapipe/imageio-ffmpeg missing)"); return
+  elif (( $(left) < 60 )); then
+    note "SKIPPED (budget BUDGET_S=$BUDGET_S spent): conversion"; failed+=("convert (budget)"); return
+  fi
   note "conversion: dataset from $VIDEO_A + $VIDEO_B, a 2-step $CONVERT_CONFIG run, then convert_fps"
-  work="$OUT/convert_work"
+  local work="$OUT/convert_work" size
   size=$("$PY" -c "
 import importlib.util as u; s = u.spec_from_file_location('c', 'configs/$CONVERT_CONFIG.py')
 m = u.module_from_spec(s); s.loader.exec_module(m); print(m.get_config().image_size)")
-  if "$PY" -m jaxswap.prepare --a "$VIDEO_A" --b "$VIDEO_B" --output "$work/data" --size "$size" \
-        --every-n "$EVERY_N" --quiet > "$OUT/logs/convert_prepare.log" 2>&1 \
-     && "$PY" -m jaxswap.train --config "configs/$CONVERT_CONFIG.py" --workdir "$work/run" \
+  if timeout --kill-after=10 "$(left)" "$PY" -m jaxswap.prepare --a "$VIDEO_A" --b "$VIDEO_B" \
+        --output "$work/data" --size "$size" --every-n "$EVERY_N" --quiet \
+        > "$OUT/logs/convert_prepare.log" 2>&1 \
+     && timeout --kill-after=10 "$(left)" "$PY" -m jaxswap.train \
+        --config "configs/$CONVERT_CONFIG.py" --workdir "$work/run" \
         --config.data.dir="$work/data" --config.data.name=jaxswap_faces --config.steps=2 \
         --config.batch_size=8 --config.checkpoint_every=2 --config.preview_every=2 \
         --config.log_every=1 --config.preview_faces=2 > "$OUT/logs/convert_train.log" 2>&1 \
-     && "$PY" benchmarks/convert_fps.py --input "$VIDEO_A" --workdir "$work/run" \
-        --frames "$CONVERT_FRAMES" --batch "$CONVERT_BATCH" --json "$OUT/convert.json" \
-        > "$OUT/logs/convert_fps.log" 2>&1; then
+     && timeout --kill-after=10 "$(left)" "$PY" benchmarks/convert_fps.py --input "$VIDEO_A" \
+        --workdir "$work/run" --frames "$CONVERT_FRAMES" --batch "$CONVERT_BATCH" \
+        --json "$OUT/convert.json" > "$OUT/logs/convert_fps.log" 2>&1; then
     cat "$OUT/logs/convert_fps.log" >&2
   else
     note "FAILED: conversion (see $OUT/logs/convert_*.log); continuing"
     failed+=("convert")
   fi
-fi
+}
+
+for dtype in $DTYPES; do
+  if [[ $dtype == bfloat16 ]]; then train_cells bfloat16; fi
+done
+convert_part
+for dtype in $DTYPES; do
+  if [[ $dtype != bfloat16 ]]; then train_cells "$dtype"; fi
+done
 
 # --- 5. One JSON and a table -----------------------------------------------------------------
 "$PY" benchmarks/gpu_report.py "$OUT" --peak-bf16 "$PEAK_BF16" --peak-fp32 "$PEAK_FP32" \

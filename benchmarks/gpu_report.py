@@ -24,12 +24,15 @@ TRAIN_COLUMNS = [("config", "config"), ("dtype", "dtype"), ("batch", "batch"),
 CONVERT_KINDS = ("model", "identity", "baseline")
 
 
-def train_rows(outdir: str) -> tuple[list[dict], dict | None]:
-  rows, env = [], None
+def train_rows(outdir: str) -> tuple[list[dict], dict | None, list[str]]:
+  """(rows of every train_*.json, the first file's environment, files cut short by a budget)."""
+  rows, env, cut = [], None, []
   for path in sorted(glob.glob(os.path.join(outdir, "train_*.json"))):
     with open(path) as f:
       data = json.load(f)
     env = env or data.get("environment")
+    if data.get("interrupted"):
+      cut.append(os.path.basename(path))
     for r in data.get("rows", []):
       out = {k: r.get(k) for k in ("config", "dtype", "batch", "mode", "step_s", "egs_per_s",
                                    "compile_s", "error", "rel_iqr")}
@@ -41,7 +44,7 @@ def train_rows(outdir: str) -> tuple[list[dict], dict | None]:
       out["peak_tflops"] = data.get("peak_tflops")
       out["source"] = os.path.basename(path)
       rows.append(out)
-  return rows, env
+  return rows, env, cut
 
 
 def convert_summary(outdir: str) -> dict | None:
@@ -62,7 +65,8 @@ def convert_summary(outdir: str) -> dict | None:
   return out
 
 
-def markdown(rows: list[dict], conv: dict | None, env: dict | None, args) -> str:
+def markdown(rows: list[dict], conv: dict | None, env: dict | None, cut: list[str],
+             args) -> str:
   lines = []
   if env:
     lines.append(f"Device: {env.get('device_count')} x {env.get('device_kind')} "
@@ -72,6 +76,8 @@ def markdown(rows: list[dict], conv: dict | None, env: dict | None, args) -> str
     lines.append("")
   if args.smoke:
     lines += ["**Smoke test of the script (tiny config, 1 step): not a measurement.**", ""]
+  if cut:
+    lines += [f"Stopped at the time budget, rows so far kept: {', '.join(cut)}.", ""]
   head = [h for _, h in TRAIN_COLUMNS]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
@@ -91,10 +97,12 @@ def main() -> None:
   p.add_argument("--peak-fp32", type=float, default=495.0)
   p.add_argument("--smoke", type=int, default=0, help="1: mark the output as a smoke test")
   args = p.parse_args()
-  rows, env = train_rows(args.outdir)
+  rows, env, cut = train_rows(args.outdir)
   conv = convert_summary(args.outdir)
   if not rows:
-    print(f"gpu_report: no train_*.json in {args.outdir}", file=sys.stderr)
+    print(f"gpu_report: no training rows in {args.outdir}/train_*.json", file=sys.stderr)
+  if cut:
+    print(f"gpu_report: stopped at the time budget: {', '.join(cut)}", file=sys.stderr)
   if conv is None:
     print(f"gpu_report: no convert.json in {args.outdir}", file=sys.stderr)
   common.print_table(rows, TRAIN_COLUMNS)
@@ -104,9 +112,9 @@ def main() -> None:
   common.write_json(os.path.join(args.outdir, "gpu.json"), {
       "environment": env, "smoke_test": bool(args.smoke),
       "peak_tflops": {"bfloat16": args.peak_bf16, "float32 (TF32)": args.peak_fp32},
-      "train": rows, "convert": conv, "load_average_after": common.load_average()})
+      "train": rows, "train_files_cut_short": cut, "convert": conv, "load_average_after": common.load_average()})
   with open(os.path.join(args.outdir, "gpu.md"), "w") as f:
-    f.write(markdown(rows, conv, env, args))
+    f.write(markdown(rows, conv, env, cut, args))
   print(f"# wrote {os.path.join(args.outdir, 'gpu.md')}")
 
 

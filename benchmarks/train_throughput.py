@@ -93,13 +93,12 @@ def models_spec(config):
   return models.VARIANTS[config.model.name]
 
 
-def bench_config(config, batches, args, mesh, data_dir: str | None = None) -> list[dict]:
-  """Every requested mode and loss at every batch size for one config; one row per cell.
+def bench_config(config, batches, args, mesh, data_dir: str | None, rows: list[dict]) -> None:
+  """Every requested mode and loss at every batch size for one config; appends one row per cell.
 
   With --keep-going a failing batch size (e.g. out of device memory) becomes a row with its
   error and the next one runs.
   """
-  rows = []
   for batch in batches:
     try:
       rows += _bench_batch(config, batch, args, mesh, data_dir)
@@ -110,7 +109,6 @@ def bench_config(config, batches, args, mesh, data_dir: str | None = None) -> li
       print(f"  {config.model.name} batch {batch}: FAILED ({type(e).__name__}: {msg})", flush=True)
       rows.append(dict(config=config.model.name, batch=batch, dtype=config.dtype,
                        error=f"{type(e).__name__}: {msg}"))
-  return rows
 
 
 def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[dict]:
@@ -306,11 +304,14 @@ def main() -> None:
     import bench_data  # pylint: disable=g-import-not-at-top
     built = bench_data.BuiltDatasets(*args.build_from, every_n=args.build_every_n,
                                      keep_dir=args.build_keep)
-  rows = []
+  rows, interrupted = [], False
   try:
     for config in configs:
       data_dir = built.data_dir(config.image_size) if built else args.data_dir
-      rows += bench_config(config, args.batch or [config.batch_size], args, mesh, data_dir)
+      bench_config(config, args.batch or [config.batch_size], args, mesh, data_dir, rows)
+  except KeyboardInterrupt:  # Ctrl-C or a time budget (gpu.sh): keep the rows measured so far
+    interrupted = True
+    print("# interrupted: writing the rows measured so far", flush=True)
   finally:
     if built:
       built.close()
@@ -325,7 +326,11 @@ def main() -> None:
       "faceswap_loss": FACESWAP_LOSS if args.faceswap_loss else None,
       "dataset": built.report if built else args.data_dir,
       "loader_bound_threshold": LOADER_BOUND,
-      "rows": rows, "load_average_after": common.load_average()})
+      "rows": rows, "interrupted": interrupted, "load_average_after": common.load_average()})
+  if interrupted:  # skip interpreter teardown: it may wait on the interrupted device work
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
