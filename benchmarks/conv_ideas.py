@@ -112,11 +112,8 @@ def s2d_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
 
 
 def variant_model(config, variant: str):
-  """(model, restore): the config's model with `variant` applied in memory."""
-  import types  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  """The config's model with `variant` applied through the Encoder's `conv` field."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
   from jaxswap import models  # pylint: disable=g-import-not-at-top
 
   parts = set(variant.split("+"))
@@ -124,19 +121,16 @@ def variant_model(config, variant: str):
   if unknown or {"plain", "s2d_all"} <= parts:
     raise common.JaxswapError(f"--variants: cannot build {variant!r} (unknown or conflicting "
                               f"{sorted(unknown) or ['plain', 's2d_all']})")
-  saved = models.nn
-  forced = lax.conv_general_dilated if "plain" in parts else (
-      s2d_conv_general_dilated if "s2d_all" in parts else None)
-  if forced is not None:
-
-    def conv(*args, **kwargs):  # overrides whatever conv function models.py asks for
-      return nn.Conv(*args, **{**kwargs, "conv_general_dilated": forced})
-
-    shim = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn) if not k.startswith("_")})
-    shim.Conv = conv
-    models.nn = shim  # Encoder/Decoder look `nn.Conv` up when traced.
-  cls = models.FaceSwapAutoencoder
+  base = models.create_model(config)  # on CPU: small-output stride-2 convs as space-to-depth
+  conv = base.conv
+  if "plain" in parts:
+    conv = None  # lax.conv_general_dilated for every conv
+  elif "s2d_all" in parts:
+    conv = s2d_conv_general_dilated
+  cls = type(base)
   if "fused" in parts:
+    if base.spec.arch != "df":
+      raise common.JaxswapError(f"--variants {variant}: 'fused' needs a df model")
 
     class Fused(models.FaceSwapAutoencoder):
       def __call__(self, x_a, x_b):
@@ -144,13 +138,7 @@ def variant_model(config, variant: str):
         return self.decode(z_a, 0), self.decode(z_b, 1)
 
     cls = Fused
-  base = models.create_model(config)
-  model = cls(base.spec, base.learn_mask, base.dtype)
-
-  def restore():
-    models.nn = saved
-
-  return model, restore
+  return cls(base.spec, base.learn_mask, base.dtype, base.initializer, conv)
 
 
 def bench_steps(config, args) -> list[dict]:
@@ -163,15 +151,12 @@ def bench_steps(config, args) -> list[dict]:
   host = common.synthetic_batch(args.batch, config.image_size, config.seed)
   rows, base_loss = [], None
   for variant in args.variants.split(","):
-    model, restore = variant_model(config, variant)
-    try:
-      init = jax.jit(functools.partial(train.create_state, model, tx, config.seed))
-      batch = parallel.global_batch(host, mesh)
-      fn = train.make_train_step(model, tx, config, mesh)
-      timing, compiled, _ = common.time_jitted(fn, init(), batch, args.steps, args.warmup)
-      first = float(compiled(init(), batch)[1]["loss"])  # step 0 from the initial state
-    finally:
-      restore()
+    model = variant_model(config, variant)
+    init = jax.jit(functools.partial(train.create_state, model, tx, config.seed))
+    batch = parallel.global_batch(host, mesh)
+    fn = train.make_train_step(model, tx, config, mesh)
+    timing, compiled, _ = common.time_jitted(fn, init(), batch, args.steps, args.warmup)
+    first = float(compiled(init(), batch)[1]["loss"])  # step 0 from the initial state
     base_loss = first if base_loss is None else base_loss
     rows.append(dict(variant=variant, batch=args.batch, compile_s=timing.compile_s,
                      step_s=timing.median, **timing.spread(), step_times_s=timing.step_s,

@@ -64,7 +64,9 @@ class Run:
     batch = -(-batch // devices) * devices  # the mesh splits the batch evenly
     if model_fn is not None:
       return cls(config, model_fn, None, step, batch, face)
-    config, model, params = swap.load_run(workdir)
+    info: dict = {}
+    config, model, params = swap.load_run(workdir, info=info)
+    step = info.get("step", step)  # an older one when the newest is damaged
     jitted = swap.make_swap_fn(model, to)
     return cls(config, lambda faces: jitted(params, faces), jitted, step, batch, face)
 

@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 
 from jaxswap import prefetch, provenance, video
-from jaxswap.errors import JaxswapError
+from jaxswap.errors import JaxswapError, write_failure
 from jaxswap.faces import alignments, geometry, warp
 
 PARTIAL = ".partial"
@@ -168,7 +168,10 @@ class Output:
 
   def start(self) -> None:
     for sub in ("faces", "masks/components", "masks/extended", f"{PARTIAL}/frames"):
-      os.makedirs(os.path.join(self.folder, sub), exist_ok=True)
+      try:
+        os.makedirs(os.path.join(self.folder, sub), exist_ok=True)
+      except OSError as e:
+        raise write_failure(os.path.join(self.folder, sub), e, None, "--output") from None
       for tmp in glob.glob(os.path.join(self.folder, sub, ".tmp-*")):
         os.remove(tmp)  # left by a killed run; the file it was becoming is redone
     provenance.write_bytes(os.path.join(self.partial, "header.json"),

@@ -55,13 +55,16 @@ class ModelSpec:
 
 
 VARIANTS: dict[str, ModelSpec] = {
-    # The 2017 code is Keras: glorot-uniform kernels. faceswap's plugins use he-uniform.
+    # The 2017 code is Keras: glorot-uniform kernels. faceswap's plugins use he-uniform,
+    # DeepFaceLab glorot-uniform.
     "original": ModelSpec(64, (128, 256, 512, 1024), 1024, 4, 1024, 512, (256, 128, 64)),
     "lightweight": ModelSpec(64, (128, 256, 512), 512, 4, 512, 256, (512, 256, 128),
                              initializer="he_uniform"),
     "sae128": ModelSpec(128, (64, 128, 256, 512), 256, 8, 256, 256, (512, 256, 128),
                         residual=True, out_kernel=1, mask_filters=(256, 128, 64)),
-    "tiny": ModelSpec(64, (32, 64, 128, 256), 256, 4, 256, 128, (64, 32, 16), initializer="he_uniform"),
+    # Ours, with no reference to follow: Flax's default, which the demo was measured with.
+    "tiny": ModelSpec(64, (32, 64, 128, 256), 256, 4, 256, 128, (64, 32, 16),
+                      initializer="lecun_normal"),
     "liae128": ModelSpec(128, (32, 64, 128, 256), 256, 4, 128, 128, (96, 48, 24),
                          out_kernel=3, mask_filters=(32, 16, 8), arch="liae",
                          half_res_decoder=True),

@@ -20,7 +20,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from jaxswap.errors import JaxswapError
+from jaxswap.errors import JaxswapError, write_failure
 
 IPTC_SYNTHETIC = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
@@ -53,14 +53,14 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1],
                                dir=folder)
   except OSError as e:
-    raise JaxswapError(f"cannot write {path}: {e.strerror}") from None
+    raise write_failure(path, e) from None
   os.close(fd)
   try:
     yield tmp
     os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
   except OSError as e:
-    raise JaxswapError(f"cannot write {path}: {e.strerror}") from None
+    raise write_failure(path, e) from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 
 import jax
@@ -16,10 +17,11 @@ import ml_collections
 
 from jaxswap import models, parallel
 from jaxswap.data import loader
-from jaxswap.checkpoint import Checkpointer
+from jaxswap.checkpoint import Checkpointer, DamagedCheckpoint
 from jaxswap.errors import JaxswapError
 
 IDENTITY_INDEX = {"a": 0, "b": 1}
+log = logging.getLogger("jaxswap.swap")
 
 
 def swap(params, faces: jax.Array, *, model: models.FaceSwapAutoencoder, to: int) -> dict:
@@ -56,24 +58,40 @@ def run_face(config: ml_collections.ConfigDict) -> dict | None:
   return face.to_dict() if isinstance(face, ml_collections.ConfigDict) else None
 
 
-def load_run(workdir: str, step: int | None = None, mesh=None):
-  """(config, model, params) of the latest (or given) checkpoint of a training run.
+def load_run(workdir: str, step: int | None = None, mesh=None, info: dict | None = None):
+  """(config, model, params) of the latest intact (or given) checkpoint of a training run.
 
-  `run_face(config)` gives the face geometry (coverage, template, size) the run was trained on.
+  `run_face(config)` gives the face geometry (coverage, template, size) the run was trained on;
+  `info`, if given, receives {"step": the step actually restored}.
   """
   config = load_config(workdir)
   model = models.create_model(config)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1, async_save=False)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1, async_save=False,
+                      writer=False)  # read-only: a training run may be writing here right now
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
+    steps = ckpt.all_steps() if step is None else [step]
+    if not steps:
       raise JaxswapError(f"--workdir={workdir} has no checkpoint yet: train first")
     mesh = mesh or parallel.make_mesh()
     abstract = jax.eval_shape(functools.partial(models.init_params, model, jax.random.PRNGKey(0)))
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
         abstract)
-    params = ckpt.restore_params(step, abstract)
+    damaged = []
+    for s in reversed(steps):  # newest first; a damaged step is skipped, never moved from here
+      try:
+        params = ckpt.restore_params(s, abstract)
+        if info is not None:
+          info["step"] = s
+        break
+      except DamagedCheckpoint as e:
+        damaged.append(str(e))
+        log.warning("checkpoint step %d of %s is damaged (%s); using an older one", e.step,
+                    workdir, e.reason)
+    else:
+      raise JaxswapError(f"no intact checkpoint in {ckpt.directory}: {'; '.join(damaged)}. "
+                         "Rerun training once (it moves damaged steps to corrupt-STEP/) or "
+                         "restore the folder from a backup.")
   finally:
     ckpt.close()
   return config, model, params

@@ -24,17 +24,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, logs, losses, models, parallel, previews, xla_flags
+from jaxswap import augment, logs, losses, models, parallel, previews, recovery, xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
+from jaxswap.recovery import architecture, check_workdir, field  # re-exported: callers use train.*
 from jaxswap.errors import JaxswapError
 
 log = logging.getLogger("jaxswap.train")
-
-# The fields that fix the parameter shapes: a workdir never resumes with different ones.
-ARCHITECTURE_KEYS = ("model.name", "model.learn_mask", "image_size")
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -152,33 +149,6 @@ def eval_losses(params, batch: dict, *, model, config) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _get(config, dotted: str):
-  for part in dotted.split("."):
-    config = config[part]
-  return config
-
-
-def architecture(config) -> dict:
-  return {k: _get(config, k) for k in ARCHITECTURE_KEYS}
-
-
-def check_workdir(config, workdir: str) -> None:
-  """Refuses (before writing anything) a workdir that belongs to a different network."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    try:
-      with open(path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
-      old = {k: _get(saved, k) for k in ARCHITECTURE_KEYS}
-    except (ValueError, KeyError) as e:
-      raise JaxswapError(f"{path} is not a jaxswap config ({e}); use a fresh --workdir") from None
-    new = architecture(config)
-    if old != new:
-      diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old[k] != new[k])
-      raise JaxswapError(f"--workdir={workdir} holds a run of a different architecture ({diff}); "
-                         "use a fresh --workdir or the original config")
-
-
 def enable_compilation_cache(setting: str, workdir: str) -> None:
   if not setting:
     return
@@ -195,8 +165,11 @@ def validate(config) -> None:
     raise JaxswapError(f"--config.augment.color_transfer={config.augment.color_transfer!r}: "
                        "expected none or rct")
   for key in ("steps", "batch_size", "checkpoint_every", "log_every", "preview_every"):
-    if _get(config, key) <= 0:
-      raise JaxswapError(f"--config.{key}={_get(config, key)} must be positive")
+    if field(config, key) <= 0:
+      raise JaxswapError(f"--config.{key}={field(config, key)} must be positive")
+  if config.resume not in ("auto", "strict"):
+    raise JaxswapError(f"--config.resume={config.resume!r}: expected auto (fall back to the newest "
+                       "intact checkpoint) or strict (refuse a damaged one)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,9 +177,13 @@ def validate(config) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       progress: bool = True) -> TrainState:
-  """Trains (or resumes) until config.steps; returns the final state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
+                       allow_config_change: bool = False) -> TrainState:
+  """Trains (or resumes) until config.steps; returns the final state.
+
+  SIGINT/SIGTERM stop it after the current step with a checkpoint (it then returns normally).
+  """
+  recovery.apply_determinism(config.deterministic)  # before anything starts a jax backend
   validate(config)
   check_workdir(config, workdir)
   enable_compilation_cache(config.compilation_cache, workdir)
@@ -223,35 +200,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                            config.batch_size, seed=config.seed,
                            process_index=jax.process_index(),
                            process_count=jax.process_count(), shards=config.data.shards,
-                           workers=config.data.workers, prefetch=config.data.prefetch)
+                           workers=config.data.workers, prefetch=config.data.prefetch,
+                           skip_corrupt=config.data.skip_corrupt)
   if loader.spec.image_size != config.image_size:
     raise JaxswapError(
         f"dataset {config.data.name!r} in {config.data.dir!r} holds {loader.spec.image_size} px "
         f"faces but --config.image_size={config.image_size} (model {config.model.name!r})")
 
-  # State: fresh or restored.
+  # State: fresh, or restored from the newest intact checkpoint of the same run.
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                       keep=config.keep_checkpoints)
-  repl = parallel.replicated(mesh)
-  init = jax.jit(functools.partial(create_state, model, tx, config.seed), out_shardings=repl)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    meta = ckpt.meta(latest)
-    if meta.get("architecture") != architecture(config):
-      raise JaxswapError(f"checkpoint {ckpt.directory}/{latest} was written by "
-                         f"{meta.get('architecture')}, not {architecture(config)}")
-    state = ckpt.restore(latest, jax.eval_shape(init))
-    log.info("resumed from step %d", latest)
-  else:
-    state = init()
-    if config.init_from:
-      state = start_from(state, config, mesh)
+  meta = {"architecture": architecture(config),
+          "face": loader.spec.face,  # the faces it learns: conversion crops the same way
+          **recovery.record(config.to_dict(), recovery.dataset_fingerprint(
+              config.data.dir, config.data.name), jax.process_count())}
+  init = jax.jit(functools.partial(create_state, model, tx, config.seed),
+                 out_shardings=parallel.replicated(mesh))
+  fresh = (lambda: start_from(init(), config, mesh)) if config.init_from else init
+  try:
+    state = recovery.resume(ckpt, init, meta, fresh=fresh, strict=config.resume == "strict",
+                            allow_config_change=allow_config_change)
+  except BaseException:
+    ckpt.close(raise_errors=False)
+    raise
   if is_main:
     media.write_bytes(os.path.join(workdir, "config.json"),
                       json.dumps(dict(config.to_dict(), face=loader.spec.face), indent=2).encode())
-  meta = {"architecture": architecture(config), "config": config.to_dict(),
-          "face": loader.spec.face}  # the faces it learns: conversion crops the same way
 
   # Compile once, ahead of time.
   step_fn = make_train_step(model, tx, config, mesh)
@@ -278,6 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The trace starts two steps in, once the loader and the first dispatches have settled.
   profile_start = start + 2 if config.profile_steps > 0 and is_main else -1
   t_last, step_last = time.perf_counter(), start
+  finished = False
+  stop = recovery.StopRequest.install()  # SIGINT/SIGTERM: finish the step, save, return
   try:
     place = functools.partial(parallel.global_batch, mesh=mesh)
     for step, batch in loader.iterate(start, config.steps, place=place):
@@ -295,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         now = time.perf_counter()
         egs = 2 * config.batch_size * (done - step_last) / (now - t_last)
         t_last, step_last = now, done
-        last = dict(rows[-1][1], egs_per_sec=egs)
+        last = dict(rows[-1][1], egs_per_sec=egs, data_skipped=len(loader.damaged))
         writer.write(done, last)
         bar.set_postfix(loss_a=f"{last['loss_a']:.4f}", loss_b=f"{last['loss_b']:.4f}",
                         egs=f"{egs:.1f}")
@@ -310,22 +287,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         drain()  # never save a state whose loss went non-finite
         ckpt.save(done, state, meta)
       bar.update(1)
+      if stop:
+        break  # Ctrl-C, or SIGTERM from a scheduler / preemption: save below, then return
     drain()
     final = int(jax.device_get(state.step))
+    stop.saving = True
     if final != ckpt.latest_step():
       ckpt.save(final, state, meta, force=True)
-  except KeyboardInterrupt:
-    # Ctrl-C: keep what was learnt if it is sound; rerunning resumes from there.
-    rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
-    final = int(jax.device_get(state.step))
-    if all(np.isfinite(m["loss"]) and np.isfinite(m["param_norm"]) for _, m in rows) and final != ckpt.latest_step():
-      ckpt.save(final, state, meta, force=True)
-      log.warning("interrupted: saved step %d", final)
-    raise
+    ckpt.wait()
+    finished = True
+    if stop:
+      log.warning("%s: saved step %d in %s; rerun the same command to resume", stop.signal,
+                  final, ckpt.directory)
   finally:
     bar.close()
     writer.close()
-    ckpt.close()
+    try:
+      ckpt.close(raise_errors=finished)  # an error already on its way is the one to report
+    finally:
+      stop.uninstall()
   return state
 
 
@@ -365,7 +345,7 @@ def _validation_batch(config, mesh):
     val = data.StepLoader(config.data.dir, config.data.name, "validation", config.batch_size,
                           seed=config.seed, process_index=jax.process_index(),
                           process_count=jax.process_count(), shards=config.data.shards,
-                          workers=1)
+                          workers=1, skip_corrupt=config.data.skip_corrupt)
   except JaxswapError:
     return None  # no validation split: nothing to report
   return parallel.global_batch(val.batch(0), mesh)
@@ -380,12 +360,13 @@ def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   FLAGS = flags.FLAGS
+  recovery.apply_determinism(FLAGS.config.deterministic)  # before jax.distributed starts a backend
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.distributed_auto)
   logs.setup_logging()
   if xla_flags.last_decision() is not None:
     log.info("%s", xla_flags.last_decision().log_line())
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 def run() -> None:
@@ -402,10 +383,14 @@ def run() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
   flags.DEFINE_bool("distributed_auto", False,
                     "Let jax.distributed.initialize() detect TPU pod / SLURM settings.")
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Resume although the config or dataset changed (the run is then no longer an "
+                    "exact continuation); without it such a resume is refused.")
   flags.mark_flags_as_required(["config", "workdir"])
   # --num-processes / --process-id spellings too, as jax.distributed names them.
   argv = [a.replace("--num-processes", "--num_processes").replace("--process-id", "--process_id")
-          .replace("--distributed-auto", "--distributed_auto") for a in sys.argv]
+          .replace("--distributed-auto", "--distributed_auto")
+          .replace("allow-config-change", "allow_config_change") for a in sys.argv]
   try:
     app.run(main, argv=argv, flags_parser=_parse_flags)
   except JaxswapError as e:
@@ -423,7 +408,12 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, FileNotFoundError) as e:
     msg = str(e).strip().splitlines()
-    print(f"error: {msg[-1] if msg else e}", file=sys.stderr)
+    last = msg[-1] if msg else str(e)
+    if isinstance(e, (KeyError, AttributeError)):  # ml_collections names only the missing key
+      key = [a for a in argv if a.startswith("--config.") and last.strip("\"'") in a]
+      last = (f"unknown config field {key[0].split('=')[0] if key else last} "
+              "(every field is listed in configs/default.py)")
+    print(f"error: {last}", file=sys.stderr)
     sys.exit(2)
 
 

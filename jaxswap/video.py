@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from jaxswap import provenance
-from jaxswap.errors import JaxswapError
+from jaxswap.errors import JaxswapError, disk_error, write_failure
 from jaxswap.images import IMAGE_EXTENSIONS, list_images, read_image
 
 
@@ -273,9 +273,15 @@ class Mp4Writer:
     except BrokenPipeError:
       err = self._stderr()
       self.abort()
-      raise JaxswapError(f"ffmpeg stopped while writing {self.path}: "
-                         f"{err or 'it gave no reason (out of disk space or memory?)'}") from None
+      raise self._failure("ffmpeg stopped while writing",
+                          err or "it gave no reason (out of disk space or memory?)") from None
     self.count += 1
+
+  def _failure(self, what: str, stderr: str) -> JaxswapError:
+    """A full or read-only disk in words with the free space; any other ffmpeg error verbatim."""
+    if disk_error(RuntimeError(stderr)) is not None:
+      return write_failure(self.path, RuntimeError(stderr), None, "video")
+    return JaxswapError(f"{what} {self.path}: {stderr}")
 
   def _stderr(self) -> str:
     self._proc.poll()
@@ -289,8 +295,8 @@ class Mp4Writer:
            *metadata_args(self.record), "-movflags", "+faststart", self._tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-      raise JaxswapError(f"ffmpeg failed adding the audio of {source} to {self.path}: "
-                         f"{proc.stderr.strip()[-500:]}")
+      raise self._failure(f"ffmpeg failed adding the audio of {source} to",
+                          proc.stderr.strip()[-500:])
 
   def close(self) -> int:
     """Finishes the file and renames it into place; returns the number of frames written."""
@@ -303,7 +309,7 @@ class Mp4Writer:
       pass
     try:
       if self._proc.wait() != 0:
-        raise JaxswapError(f"ffmpeg failed writing {self.path}: {self._stderr()}")
+        raise self._failure("ffmpeg failed writing", self._stderr())
       if self.count == 0:
         raise JaxswapError(f"no frames to write to {self.path}")
       if self._audio:

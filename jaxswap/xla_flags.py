@@ -80,7 +80,8 @@ def installed_accelerators() -> list[str]:
     except importlib.metadata.PackageNotFoundError:
       pass
   try:
-    found += [f"entry point {ep.name}" for ep in importlib.metadata.entry_points(group="jax_plugins")]
+    plugins = importlib.metadata.entry_points(group="jax_plugins")
+    found += [f"entry point {ep.name}" for ep in plugins]
   except TypeError:  # very old importlib.metadata
     pass
   return found

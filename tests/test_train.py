@@ -163,7 +163,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(synthetic_data_dir,
   _, _, good = swap.load_run(workdir)
   bad = tiny_config(synthetic_data_dir, steps=6, **{"optimizer.learning_rate": float("inf")})
   with pytest.raises(JaxswapError, match="diverged at step 3.*last good checkpoint is step 2"):
-    train.train_and_evaluate(bad, workdir, progress=False)
+    train.train_and_evaluate(bad, workdir, progress=False, allow_config_change=True)
   _, _, kept = swap.load_run(workdir)
   for a, b in zip(jax.tree_util.tree_leaves(good), jax.tree_util.tree_leaves(kept)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.shards = 0
   c.data.prefetch = 2  # host batches decoded ahead of the step
   c.data.workers = 2  # decode threads
+  # A record that cannot be read (truncated shard, damaged PNG): False = stop with an error naming
+  # it; True = replace it with the next readable record and count it in the metrics.
+  c.data.skip_corrupt = False
 
   # Persistent XLA compilation cache: "auto" = <workdir>/../.jax_cache (shared by sibling runs),
   # "" = off, anything else = that folder. A restarted run then starts in seconds.
@@ -82,6 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ""
 
   c.profile_steps = 0  # >0: jax.profiler trace of that many steps into <workdir>/profile
+
+  # "auto": a damaged newest checkpoint is moved to checkpoints/corrupt-STEP/ and the newest intact
+  # one is used; "strict": stop instead.
+  c.resume = "auto"
+  # GPU: set XLA's deterministic-ops flag so a resumed run is bit-exact (costs some speed; see
+  # README "Failure and recovery"). CPU and TPU are deterministic either way.
+  c.deterministic = True
 
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3

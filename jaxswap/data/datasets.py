@@ -33,7 +33,7 @@ import tensorflow_datasets as tfds
 
 from jaxswap.data import synthetic
 from jaxswap.provenance import encode_png
-from jaxswap.errors import JaxswapError
+from jaxswap.errors import JaxswapError, disk_error, write_failure
 
 IDENTITIES = ("a", "b")
 SPLITS = ("train", "validation")
@@ -140,9 +140,35 @@ def build_synthetic(data_dir: str, *, num_frames: int = 1000, image_size: int = 
   builder = JaxswapSynthetic(data_dir=data_dir, file_format="array_record", num_frames=num_frames,
                              image_size=image_size, seed=seed)
   tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  prepare(builder, data_dir, 2 * num_frames, image_size,
+          download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return builder.name
+
+
+def prepare(builder: tfds.core.DatasetBuilder, data_dir: str, records: int, image_size: int,
+            **kwargs) -> None:
+  """download_and_prepare, where a full or unwritable disk is a WriteError naming the folder and
+  the space needed (estimated at 2 bytes per pixel: PNG faces plus masks). TFDS writes into an
+  `incomplete.*` folder and removes it on failure, so nothing torn is left."""
+  try:
+    builder.download_and_prepare(**kwargs)
+  except Exception as e:  # pylint: disable=broad-except  (TFDS/array_record wrap OSError)
+    if disk_error(e) is None:
+      raise
+    raise write_failure(os.path.join(data_dir, builder.name), e, records * image_size ** 2 * 2,
+                        "dataset") from None
+
+
+def record_location(src, index: int) -> str:
+  """"record P of FILE" for record `index` of a TFDS array_record source (its shard and position
+  there), or "record INDEX" where array_record's layout is not what we expect."""
+  try:
+    inner = src.data_source
+    reader, position = inner._reader_idx_and_position(index)  # pylint: disable=protected-access
+    path = inner._read_instructions[reader].filename  # pylint: disable=protected-access
+    return f"record {position} of {path}"
+  except Exception:  # pylint: disable=broad-except
+    return f"record {index}"
 
 
 def open_split(data_dir: str, name: str, split: str, identity: str, process_index: int = 0,
@@ -223,9 +249,9 @@ def build_faces_dataset(data_dir: str, plan: dict[str, list],
                          file_format="array_record")
   tfds.disable_progress_bar()  # TFDS's per-split bars drown our own progress output
   with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep DIR tidy
-    builder.download_and_prepare(
-        download_dir=downloads,
-        download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+    prepare(builder, data_dir, sum(len(v) for v in plan.values()),
+            int(metadata.get("image_size", 64)), download_dir=downloads,
+            download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return faces_version_dir(data_dir)
 
 

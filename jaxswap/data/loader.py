@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 from typing import Any, Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxswap import prefetch
-from jaxswap.data.datasets import IDENTITIES, decode_png, face_geometry, open_split
+from jaxswap.data.datasets import IDENTITIES, decode_png, face_geometry, open_split, \
+    record_location, split_name
 from jaxswap.errors import JaxswapError
+
+log = logging.getLogger("jaxswap.data")
+
+
+class CorruptRecordError(JaxswapError):
+  """A dataset record that cannot be read or decoded."""
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def to_float(images) -> jnp.ndarray:
@@ -45,7 +58,7 @@ class StepLoader:
 
   def __init__(self, data_dir: str, name: str, split: str, batch_size: int, *, seed: int,
                process_index: int = 0, process_count: int = 1, shards: int = 0,
-               workers: int = 2, prefetch: int = 2):
+               workers: int = 2, prefetch: int = 2, skip_corrupt: bool = False):
     shards = shards or process_count
     if shards % process_count:
       raise JaxswapError(f"--config.data.shards={shards} must be a multiple of the "
@@ -66,7 +79,9 @@ class StepLoader:
                            f"{ident!r} in split {split!r} for {shards} shards")
     self.workers = max(1, workers)
     self.prefetch = max(1, prefetch)
-    first = self._decode(self.sources["a"][0][0])
+    self.name, self.split, self.skip_corrupt = name, split, skip_corrupt
+    self.damaged: set[tuple[str, int, int]] = set()  # (identity, part, index) found unreadable
+    first = self._fetch_one("a", 0, 0)
     self.spec = DatasetSpec(image_size=first["image"].shape[0],
                             num_examples={k: sum(map(len, v)) for k, v in self.sources.items()},
                             face=face_geometry(data_dir, name))
@@ -93,13 +108,47 @@ class StepLoader:
     """Host-local uint8 batch of `step`: image_a, image_b (b,H,W,3); mask_*, priority_* (b,H,W,1)."""
     out = {}
     for ident in IDENTITIES:
-      records = []
-      for part, src in enumerate(self.sources[ident]):
-        records += src.__getitems__([int(i) for i in self.indices(ident, step, part)])
-      decoded = list(pool.map(self._decode, records) if pool else map(self._decode, records))
+      decoded = []
+      for part in range(len(self.sources[ident])):
+        decoded += self._fetch(ident, part, [int(i) for i in self.indices(ident, step, part)],
+                               pool)
       for key in ("image", "mask", "priority"):
         out[f"{key}_{ident}"] = np.stack([d[key] for d in decoded])
     return out
+
+  def _fetch(self, ident: str, part: int, indices: list[int],
+             pool: concurrent.futures.Executor | None) -> list[dict]:
+    """Decoded records; a damaged one is found by reading them one by one (the slow path)."""
+    src = self.sources[ident][part]
+    try:
+      records = src.__getitems__(indices)
+      return list(pool.map(self._decode, records) if pool else map(self._decode, records))
+    except Exception:  # pylint: disable=broad-except  (riegeli, cv2 and TFDS raise many kinds)
+      return [self._fetch_one(ident, part, i) for i in indices]
+
+  def _fetch_one(self, ident: str, part: int, index: int) -> dict:
+    """Record `index`, or (skip_corrupt) the next readable one after it, deterministically."""
+    src = self.sources[ident][part]
+    for k in range(len(src)):
+      j = (index + k) % len(src)
+      if (ident, part, j) in self.damaged:
+        continue
+      try:
+        return self._decode(src[j])
+      except Exception as e:  # pylint: disable=broad-except
+        where = f"{record_location(src, j)} (split {split_name(self.split, ident)})"
+        if not self.skip_corrupt:
+          raise CorruptRecordError(
+              f"dataset {self.name!r}: {where} cannot be read: {_first_line(e)}. Rebuild the "
+              "dataset (jaxswap-prepare), or pass --config.data.skip_corrupt=True to skip "
+              "damaged records (counted as data_skipped in the metrics)") from None
+        self.damaged.add((ident, part, j))
+        if len(self.damaged) <= 3:
+          log.warning("skipping damaged %s: %s%s", where, _first_line(e),
+                      "; further ones are only counted (data_skipped in the metrics)"
+                      if len(self.damaged) == 3 else "")
+    raise CorruptRecordError(f"dataset {self.name!r}: no readable record in split "
+                             f"{split_name(self.split, ident)}; rebuild the dataset")
 
   def iterate(self, start_step: int, stop_step: int | None = None,
               place: Callable[[dict], Any] | None = None) -> Iterator[tuple[int, Any]]:
