@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` and `jaxswap` import from the repository root.
   sys.path.insert(0, str(ROOT))
 
+from jaxswap import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # ---------------------------------------------------------------------------------------------
@@ -46,6 +47,9 @@ def add_common_args(parser: argparse.ArgumentParser, default_steps: int = 5) -> 
                       help="untimed steps after compilation (first-run allocation, caches)")
   parser.add_argument("--json", default=None, metavar="OUT.json",
                       help="write the results here (atomically)")
+  parser.add_argument("--no-xla-defaults", action="store_true",
+                      help="do not apply jaxswap's CPU XLA_FLAGS defaults (jaxswap.xla_flags), "
+                           "as when XLA_FLAGS is set; for measuring the XLA default")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
@@ -61,6 +65,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   args.overrides = overrides
+  apply_xla_defaults(not getattr(args, "no_xla_defaults", False))
   for name in ("steps", "warmup"):
     if hasattr(args, name) and getattr(args, name) < (1 if name == "steps" else 0):
       parser.error(f"--{name} must be {'positive' if name == 'steps' else 'non-negative'}")
@@ -126,6 +131,15 @@ def run_cli(main: Callable[[], None]) -> None:
     sys.exit(2)
 
 
+def apply_xla_defaults(enabled: bool = True) -> xla_flags.Decision:
+  """The entry points' CPU XLA defaults, so benchmarks time what `jaxswap.train` runs.
+
+  Must run before jax creates its backend (and before force_host_devices, which would otherwise
+  look like a user's XLA_FLAGS); environment() records the outcome in every JSON.
+  """
+  return xla_flags.apply_cpu_defaults(enabled=enabled)
+
+
 def force_host_devices(count: int) -> None:
   """Simulated CPU devices; only meaningful before jax is imported (GPU/TPU hosts ignore it)."""
   if "jax" in sys.modules:
@@ -160,6 +174,7 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarra
 class Timing:
   compile_s: float
   step_s: list[float]
+  wait_s: list[float] = dataclasses.field(default_factory=list)  # per step, blocked on next_batch
 
   @property
   def median(self) -> float:
@@ -178,23 +193,29 @@ def time_jitted(fn, state, batch, steps: int, warmup: int, *, donated: bool = Tr
 
   Returns (Timing, compiled, final_state). With `donated`, the state is threaded through the
   steps exactly as the training loop threads it (the input buffers are consumed). With
-  `next_batch`, every step fetches its own batch inside the timed region (end-to-end figure).
+  `next_batch`, every step fetches its own batch inside the timed region (end-to-end figure) and
+  the time blocked in that fetch is kept apart (`wait_s`: the input pipeline falling behind).
   """
   import jax  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  times = []
+  times, waits = [], []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
-    out = compiled(state, batch if next_batch is None else next_batch())
+    if next_batch is not None:
+      batch = next_batch()
+    t1 = time.perf_counter()
+    out = compiled(state, batch)
     jax.block_until_ready(out)
     dt = time.perf_counter() - t0
     if donated:
       state = out[0]
     if i >= warmup:
       times.append(dt)
-  return Timing(compile_s, times), compiled, state
+      if next_batch is not None:
+        waits.append(t1 - t0)
+  return Timing(compile_s, times, waits), compiled, state
 
 
 def time_python(step: Callable[[], None], steps: int, warmup: int) -> Timing:
@@ -228,44 +249,6 @@ COST_NOTE = ("flops = XLA HloCostAnalysis of the compiled per-device program: 2 
              "8x8->4x4 5x5 conv). model flops = the analytic 2 x (fwd + bwd) multiply-adds of the "
              "network incl. padding taps (11.4 GFLOP per trained original face).")
 MFU_NOTE = "MFU = flops_per_device_per_step / step_time_s / (peak_tflops * 1e12)"
-
-
-def model_macs_per_face(spec, learn_mask: bool = False) -> tuple[int, int]:
-  """(forward multiply-adds of one face through the encoder and one decoder, those of conv 1).
-
-  Dense counting (padding taps included), from jaxswap.models.ModelSpec.
-  """
-  size, ch, macs, first = spec.image_size, 3, 0, 0
-  for f in spec.encoder_filters:
-    size //= 2
-    macs += size * size * f * 25 * ch
-    first = first or macs
-    ch = f
-  macs += size * size * ch * spec.dense + spec.dense * spec.latent_res ** 2 * spec.latent_ch
-  size, ch = spec.latent_res, spec.latent_ch
-  macs += size * size * 4 * spec.encoder_upscale * 9 * ch
-  z_size, z_ch = size * 2, spec.encoder_upscale
-  branches = [(spec.decoder_filters, 3)]
-  if learn_mask:
-    branches.append((spec.mask_filters or spec.decoder_filters, 1))
-  for filters, out_ch in branches:
-    size, ch = z_size, z_ch
-    for f in filters:
-      macs += size * size * 4 * f * 9 * ch
-      size, ch = size * 2, f
-      if spec.residual:
-        macs += 2 * size * size * ch * 9 * ch
-    macs += size * size * out_ch * spec.out_kernel ** 2 * ch
-  return macs, first
-
-
-def model_train_flops(spec, learn_mask: bool, batch: int) -> float:
-  """Analytic FLOPs of one training step on `batch` faces per identity (2 x batch faces).
-
-  Backward = 2 x forward, minus the first conv's input gradient, which nobody needs.
-  """
-  macs, first = model_macs_per_face(spec, learn_mask)
-  return 2.0 * (3 * macs - first) * 2 * batch
 
 
 def mfu(flops_per_device: float | None, step_s: float, peak_tflops: float | None):
@@ -307,7 +290,7 @@ def environment() -> dict[str, Any]:
       "backend": jax.default_backend(),
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      **xla_flags.describe(),
       "load_average_1_5_15": load_average(),
   }
 
@@ -327,8 +310,8 @@ def print_environment(env: dict[str, Any]) -> None:
   print(f"# {env['time']}  jax {env['jax']} ({env['backend']}: {env['device_count']} x "
         f"{env['device_kind']})  {env['processor']}, {env['cores']} cores  "
         f"load {env['load_average_1_5_15']}")
-  if env.get("xla_flags"):
-    print(f"# XLA_FLAGS={env['xla_flags']}")
+  who = "set by jaxswap" if env.get("xla_flags_set_by_jaxswap") else "not set by jaxswap"
+  print(f"# XLA_FLAGS={env.get('xla_flags', '')!r} ({who}: {env.get('xla_flags_reason')})")
 
 
 def _fmt(value: Any) -> str:

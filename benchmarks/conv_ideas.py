@@ -28,6 +28,8 @@ with the model changed in memory only (jaxswap/ is not edited; parameters are id
 Join variants with "+" (e.g. plain+fused).
 The first step's loss of every variant is compared with base (same initial state and batch).
 XLA flags are read from XLA_FLAGS as usual: run the script once per flag set to compare them.
+With XLA_FLAGS unset, jaxswap's CPU defaults apply (jaxswap.xla_flags, as in `jaxswap.train`);
+`--no-xla-defaults` (or `XLA_FLAGS=`) gives XLA's own defaults.
 """
 
 from __future__ import annotations

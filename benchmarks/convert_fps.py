@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from jaxswap import convert, prefetch, provenance, video
+from jaxswap import convert, prefetch, provenance, video, xla_flags
 
 
 def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
@@ -89,14 +89,18 @@ def main(argv=None) -> int:
   p.add_argument("--to", default="a", choices=("a", "b"))
   p.add_argument("--no-identity", action="store_true")
   p.add_argument("--no-baseline", action="store_true")
+  p.add_argument("--no-xla-defaults", action="store_true",
+                 help="do not apply jaxswap's CPU XLA_FLAGS defaults (jaxswap.xla_flags)")
   args = p.parse_args(argv)
+  xla_flags.apply_cpu_defaults(enabled=not args.no_xla_defaults)  # before jax's backend exists
   from jaxswap import swap  # pylint: disable=g-import-not-at-top
   config = swap.load_config(args.workdir)
   opts = convert.Options(to=args.to, batch=args.batch, frames=convert.parse_frames(args.frames))
   tmp = tempfile.mkdtemp(prefix="jaxswap-convert-bench-")
   results: dict = {"input": os.path.abspath(args.input), "workdir": os.path.abspath(args.workdir),
                    "model": config.model.name, "batch": args.batch,
-                   "alignments": args.alignments, "cpus": os.cpu_count()}
+                   "alignments": args.alignments, "cpus": os.cpu_count(),
+                   **xla_flags.describe()}
   try:
     kinds = ["model"] + ([] if args.no_identity else ["identity"])
     for kind in kinds:

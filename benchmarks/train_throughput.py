@@ -2,7 +2,8 @@
 
     python benchmarks/train_throughput.py --config configs/original.py --batch 16 --batch 64 \
         [--dtype bfloat16] [--peak-tflops X] [--steps N] [--devices K] [--model-only] \
-        [--compare-torch] [--data-dir DIR] [--config.KEY=VALUE ...] --json OUT.json
+        [--compare-torch] [--faceswap-loss] [--data-dir DIR | --build-from VIDEO_A VIDEO_B]
+        [--keep-going] [--no-xla-defaults] [--config.KEY=VALUE ...] --json OUT.json
 
 Batch is per identity and global (all devices); EGs/s = 2 x batch / step time (faceswap's
 figure). Modes: "full" is `jaxswap.train.make_train_step` exactly (on-device augmentation, loss,
@@ -10,43 +11,80 @@ Adam); "model-only" is the same step without augmentation (inputs = targets = th
 like-for-like partner of the PyTorch twin (`--compare-torch`, see benchmarks/torch_twin.py).
 Without --data-dir every step sees one random uint8 batch made once on the host and placed on the
 mesh before timing; with --data-dir each timed step takes the next batch of
-`jaxswap.data.loader.StepLoader.iterate` and assembles it on the mesh, so the figure is end to end.
+`jaxswap.data.loader.StepLoader.iterate` (placement on the mesh in its background thread, as in
+`jaxswap.train`), so the figure is end to end; `--build-from A B` first builds that dataset from two
+videos with `jaxswap.prepare` in a temporary folder. End-to-end rows report the time each step
+spent blocked on the loader (`loader wait`): near 0 means the input pipeline kept up.
+`--faceswap-loss` also times every mode with faceswap's default training loss (FACESWAP_LOSS).
+The CPU XLA defaults of the entry points (jaxswap.xla_flags) apply unless XLA_FLAGS is set or
+`--no-xla-defaults` is given; the JSON records which.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COLUMNS = [("config", "config"), ("batch", "batch"), ("devices", "dev"), ("dtype", "dtype"),
-           ("mode", "mode"), ("compile_s", "compile s"), ("step_s", "step s"),
+           ("mode", "mode"), ("loss", "loss"), ("compile_s", "compile s"), ("step_s", "step s"),
            ("rel_iqr", "IQR/med"), ("egs_per_s", "EGs/s"), ("images_per_s_per_device", "img/s/dev"),
            ("gflop_per_step_per_device", "XLA GFLOP/step/dev"), ("achieved_gflops", "GFLOP/s/dev"),
-           ("model_gflop_per_step", "model GFLOP/step"), ("mfu", "MFU")]
+           ("model_gflop_per_step", "model GFLOP/step"), ("mfu", "MFU"),
+           ("loader_wait_fraction", "loader wait"), ("error", "error")]
+
+# faceswap's defaults for training Original: SSIM (its DSSIM, (1 - SSIM) / 2) + MSE at 100 %,
+# penalised mask loss (both images masked, mean over all pixels), eye multiplier 3, mouth
+# multiplier 2. jaxswap's priority map merges eyes and mouth, so one weight (3, the eyes') stands
+# for both; the weight's value does not change the cost of the step.
+FACESWAP_LOSS = {"mae": 0.0, "mse": 1.0, "dssim": 1.0, "ms_ssim": 0.0, "masked": True,
+                 "eye_mouth_weight": 3.0}
+# A step counts as loader-bound when it waited on the loader for more than this share of it.
+LOADER_BOUND = 0.05
+
+
+def with_loss(config, loss: str):
+  """The config unchanged ("recipe") or with faceswap's default loss ("faceswap")."""
+  if loss == "recipe":
+    return config
+  out = copy.deepcopy(config)
+  for key, value in FACESWAP_LOSS.items():
+    out.loss[key] = value
+  return out
 
 
 def _row(config, batch: int, devices: int, mode: str, timing: common.Timing, cost: dict,
-         peak_tflops: float | None) -> dict:
+         peak_tflops: float | None, loss: str = "recipe") -> dict:
   step_s = timing.median
-  flops = cost.get("flops")
+  xla_flops = cost.get("flops")
   row = dict(config=config.model.name, batch=batch, devices=devices, dtype=config.dtype,
-             mode=mode, compile_s=timing.compile_s or None, step_s=step_s, **timing.spread(),
+             mode=mode, loss=loss, loss_weights=config.loss.to_dict(),
+             compile_s=timing.compile_s or None, step_s=step_s, **timing.spread(),
              step_times_s=timing.step_s, egs_per_s=2 * batch / step_s,
              images_per_s_per_device=2 * batch / step_s / devices)
-  if flops:
-    row.update(xla_cost_per_device=cost, gflop_per_step_per_device=flops / 1e9,
-               achieved_gflops=flops / step_s / 1e9, mfu=common.mfu(flops, step_s, peak_tflops))
-  model_flops = common.model_train_flops(models_spec(config), config.model.learn_mask, batch)
+  if xla_flops:
+    row.update(xla_cost_per_device=cost, gflop_per_step_per_device=xla_flops / 1e9,
+               achieved_gflops=xla_flops / step_s / 1e9,
+               mfu=common.mfu(xla_flops, step_s, peak_tflops))
+  model_flops = flops.model_train_flops(models_spec(config), config.model.learn_mask, batch)
   row.update(model_gflop_per_step=model_flops / 1e9,
              model_gflops_per_device=model_flops / devices / step_s / 1e9,
              mfu_model_flops=common.mfu(model_flops / devices, step_s, peak_tflops))
+  if timing.wait_s:
+    waits = timing.wait_s
+    row.update(loader_wait_s=waits, loader_wait_median_s=statistics.median(waits),
+               loader_wait_max_s=max(waits),
+               loader_wait_fraction=sum(waits) / sum(timing.step_s),
+               loader_bound_steps=sum(w > LOADER_BOUND * t for w, t in zip(waits, timing.step_s)))
   return row
 
 
@@ -55,56 +93,81 @@ def models_spec(config):
   return models.VARIANTS[config.model.name]
 
 
-def bench_config(config, batches, args, mesh) -> list[dict]:
-  """Every requested mode at every batch size for one config; one row per (batch, mode)."""
+def bench_config(config, batches, args, mesh, data_dir: str | None, rows: list[dict]) -> None:
+  """Every requested mode and loss at every batch size for one config; appends one row per cell.
+
+  With --keep-going a failing batch size (e.g. out of device memory) becomes a row with its
+  error and the next one runs.
+  """
+  for batch in batches:
+    try:
+      rows += _bench_batch(config, batch, args, mesh, data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      if not args.keep_going:
+        raise
+      msg = " ".join(str(e).split())[:300]
+      print(f"  {config.model.name} batch {batch}: FAILED ({type(e).__name__}: {msg})", flush=True)
+      rows.append(dict(config=config.model.name, batch=batch, dtype=config.dtype,
+                       error=f"{type(e).__name__}: {msg}"))
+
+
+def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   from jaxswap import models, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxswap.data import loader as data  # pylint: disable=g-import-not-at-top
 
   devices = mesh.devices.size
+  config.batch_size = batch
+  parallel.check_batch_size(batch, mesh)
   model = models.create_model(config)
   tx = train.make_optimizer(config.optimizer)
   init = jax.jit(functools.partial(train.create_state, model, tx, config.seed),
                  out_shardings=parallel.replicated(mesh))
-  rows = []
-  for batch in batches:
-    config.batch_size = batch
-    parallel.check_batch_size(batch, mesh)
-    if args.data_dir:
-      loader = data.StepLoader(args.data_dir, args.data_name or config.data.name, "train", batch,
-                               seed=config.seed, workers=config.data.workers,
-                               prefetch=config.data.prefetch)
-      host = loader.batch(0)
-    else:
-      loader, host = None, common.synthetic_batch(batch, config.image_size, config.seed)
-    example = parallel.global_batch(host, mesh)
-    state = init()
-    jax_model_row = None
+  if data_dir:
+    loader = data.StepLoader(data_dir, args.data_name or config.data.name, "train", batch,
+                             seed=config.seed, workers=config.data.workers,
+                             prefetch=config.data.prefetch)
+    if loader.spec.image_size != config.image_size:
+      raise JaxswapError(f"{data_dir} holds {loader.spec.image_size} px faces, but "
+                         f"{config.model.name} takes {config.image_size} px")
+    host = loader.batch(0)
+  else:
+    loader, host = None, common.synthetic_batch(batch, config.image_size, config.seed)
+  example = parallel.global_batch(host, mesh)
+  place = functools.partial(parallel.global_batch, mesh=mesh)
+  state = init()
+  rows, jax_model_row = [], None
+  for loss in args.losses:
+    cfg = with_loss(config, loss)
     for mode in args.modes:
       make = functools.partial(train.make_train_step, augment=mode == "full")
-      fn = make(model, tx, config, mesh)
+      fn = make(model, tx, cfg, mesh)
       it = next_batch = None
       if loader is not None:
-        it = loader.iterate(0)
-        next_batch = lambda it=it: parallel.global_batch(next(it)[1], mesh)  # noqa: E731
+        it = loader.iterate(0, place=place)  # as jaxswap.train feeds its step
+        next_batch = lambda it=it: next(it)[1]  # noqa: E731
       timing, compiled, state = common.time_jitted(fn, state, example, args.steps, args.warmup,
                                                    next_batch=next_batch)
       if it is not None:
         it.close()  # stops the loader's background thread
-      row = _row(config, batch, devices, mode, timing, common.xla_cost(compiled), args.peak_tflops)
+      row = _row(cfg, batch, devices, mode, timing, common.xla_cost(compiled), args.peak_tflops,
+                 loss)
+      row["data"] = "synthetic batch (fixed)" if loader is None else f"StepLoader: {data_dir}"
       rows.append(row)
-      jax_model_row = row if mode == "model-only" else jax_model_row
+      if mode == "model-only" and loss == "recipe":
+        jax_model_row = row
       _progress(row)
-    if args.compare_torch:
-      import torch_twin  # pylint: disable=g-import-not-at-top
-      timing, info = torch_twin.time_torch(config, host, args.steps, args.warmup,
-                                           args.torch_threads, args.torch_channels_last)
-      cost = dict(jax_model_row["xla_cost_per_device"]) if jax_model_row and devices == 1 else {}
-      row = _row(config, batch, 1, "torch", timing, cost, args.peak_tflops)
-      row.update(info, flops_source="XLA count of the jax model-only step (same network, loss)")
-      rows.append(row)
-      _progress(row)
-    del state
+  if args.compare_torch:  # the PyTorch twin trains with the recipe's loss (MAE) only
+    import torch_twin  # pylint: disable=g-import-not-at-top
+    timing, info = torch_twin.time_torch(config, host, args.steps, args.warmup,
+                                         args.torch_threads, args.torch_channels_last)
+    cost = dict(jax_model_row.get("xla_cost_per_device", {})) if jax_model_row and devices == 1 \
+        else {}
+    row = _row(config, batch, 1, "torch", timing, cost, args.peak_tflops)
+    row.update(info, flops_source="XLA count of the jax model-only step (same network, loss)")
+    rows.append(row)
+    _progress(row)
+  del state
   return rows
 
 
@@ -114,24 +177,46 @@ def _progress(row: dict) -> None:
 
 
 def print_comparison(rows: list[dict]) -> None:
-  """jaxswap vs PyTorch EGs/s side by side, per (config, batch)."""
+  """jaxswap vs PyTorch EGs/s side by side, per (config, batch).
+
+  The twin trains with MAE; the faceswap-loss column (SSIM + MSE, masked, priority) costs more
+  than that, so a ratio above 1 there is a conservative win.
+  """
   table = {}
   for r in rows:
-    table.setdefault((r["config"], r["batch"]), {})[r["mode"]] = r["egs_per_s"]
+    if "egs_per_s" in r:
+      key = r["mode"] if r.get("loss", "recipe") == "recipe" else f"{r['mode']} faceswap"
+      table.setdefault((r["config"], r["batch"]), {})[key] = r["egs_per_s"]
   out = []
   for (name, batch), by_mode in table.items():
     if "torch" not in by_mode:
       continue
     line = {"config": name, "batch": batch, "full": by_mode.get("full"),
-            "model": by_mode.get("model-only"), "torch": by_mode["torch"]}
-    if line["model"]:
-      line["ratio"] = line["model"] / line["torch"]
+            "model": by_mode.get("model-only"), "fs": by_mode.get("full faceswap"),
+            "torch": by_mode["torch"]}
+    for key in ("full", "model", "fs"):
+      if line[key]:
+        line[f"{key}_ratio"] = line[key] / line["torch"]
     out.append(line)
   if out:
-    print("\nEGs/s side by side (jax model-only / torch > 1 means jaxswap is faster):")
+    print("\nEGs/s side by side (jax / torch > 1 means jaxswap is faster):")
     common.print_table(out, [("config", "config"), ("batch", "batch"), ("full", "jax full step"),
-                             ("model", "jax model-only"), ("torch", "torch"),
-                             ("ratio", "jax model-only / torch")])
+                             ("model", "jax model-only"), ("fs", "jax full, faceswap loss"),
+                             ("torch", "torch twin (MAE)"), ("full_ratio", "full / torch"),
+                             ("model_ratio", "model-only / torch"),
+                             ("fs_ratio", "faceswap-loss full / torch")])
+
+
+def print_loader(rows: list[dict]) -> None:
+  """Whether the input pipeline was ever the bottleneck in the end-to-end rows."""
+  fed = [r for r in rows if "loader_wait_fraction" in r]
+  for r in fed:
+    verdict = ("never the bottleneck" if not r["loader_bound_steps"] else
+               f"the bottleneck in {r['loader_bound_steps']} of {len(r['step_times_s'])} steps")
+    print(f"# loader, {r['config']} batch {r['batch']} {r['mode']} ({r['loss']} loss): waited "
+          f"{100 * r['loader_wait_fraction']:.1f} % of the step time (max "
+          f"{1000 * r['loader_wait_max_s']:.1f} ms): {verdict} "
+          f"(a step counts when it waited > {100 * LOADER_BOUND:.0f} % of it)")
 
 
 def main() -> None:
@@ -154,6 +239,19 @@ def main() -> None:
   parser.add_argument("--torch-channels-last", action="store_true")
   parser.add_argument("--data-dir", default=None,
                       help="TFDS data_dir: time real batches end to end")
+  parser.add_argument("--build-from", nargs=2, metavar=("VIDEO_A", "VIDEO_B"), default=None,
+                      help="build a jaxswap_faces dataset from two videos (or photo folders) "
+                           "with jaxswap.prepare in a temporary folder, and time on it")
+  parser.add_argument("--build-every-n", type=int, default=1,
+                      help="--build-from: use every n-th video frame")
+  parser.add_argument("--build-keep", default=None, metavar="DIR",
+                      help="--build-from: build (and keep, and reuse) the dataset here")
+  parser.add_argument("--faceswap-loss", action="store_true",
+                      help="also time every mode with faceswap's default loss (SSIM + MSE, "
+                           "masked, eyes/mouth weighted)")
+  parser.add_argument("--keep-going", action="store_true",
+                      help="a failing batch size (e.g. out of memory) becomes a row with its "
+                           "error instead of stopping the run")
   parser.add_argument("--data-name", default=None, help="default: the config's data.name")
   common.add_common_args(parser, default_steps=5)
   args = common.parse_args(parser)
@@ -161,6 +259,13 @@ def main() -> None:
       ["model-only"] if args.model_only or args.compare_torch else [])
   if not args.modes:
     parser.error("--no-full needs --model-only or --compare-torch")
+  if args.data_dir and args.build_from:
+    parser.error("--data-dir and --build-from are alternatives")
+  if args.build_every_n < 1:
+    parser.error("--build-every-n must be positive")
+  args.losses = ["recipe"] + (["faceswap"] if args.faceswap_loss else [])
+  if args.build_from:
+    args.data_name = args.data_name or "jaxswap_faces"
   if args.devices and args.devices > 1:
     common.force_host_devices(args.devices)
 
@@ -194,17 +299,38 @@ def main() -> None:
     print(f"# threads: torch.set_num_threads({args.torch_threads or common.cpu_count()}); XLA:CPU "
           f"runs ops on its intra-op Eigen pool ('tf_XLAEigen' threads), one thread per usable "
           f"core ({common.cpu_count()} here)")
-  rows = []
-  for config in configs:
-    rows += bench_config(config, args.batch or [config.batch_size], args, mesh)
+  built = None
+  if args.build_from:
+    import bench_data  # pylint: disable=g-import-not-at-top
+    built = bench_data.BuiltDatasets(*args.build_from, every_n=args.build_every_n,
+                                     keep_dir=args.build_keep)
+  rows, interrupted = [], False
+  try:
+    for config in configs:
+      data_dir = built.data_dir(config.image_size) if built else args.data_dir
+      bench_config(config, args.batch or [config.batch_size], args, mesh, data_dir, rows)
+  except KeyboardInterrupt:  # Ctrl-C or a time budget (gpu.sh): keep the rows measured so far
+    interrupted = True
+    print("# interrupted: writing the rows measured so far", flush=True)
+  finally:
+    if built:
+      built.close()
   print()
   common.print_table(rows, COLUMNS)
   print_comparison(rows)
+  print_loader(rows)
   common.write_json(args.json, {
       "command": common.command_line(), "environment": env, "cost_note": common.COST_NOTE,
       "mfu_formula": common.MFU_NOTE, "peak_tflops": args.peak_tflops,
       "egs_note": "EGs/s = 2 * batch (per identity, global) / median step time",
-      "rows": rows, "load_average_after": common.load_average()})
+      "faceswap_loss": FACESWAP_LOSS if args.faceswap_loss else None,
+      "dataset": built.report if built else args.data_dir,
+      "loader_bound_threshold": LOADER_BOUND,
+      "rows": rows, "interrupted": interrupted, "load_average_after": common.load_average()})
+  if interrupted:  # skip interpreter teardown: it may wait on the interrupted device work
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Augmented(NamedTuple):
@@ -234,11 +235,13 @@ def augment(rng: jax.Array, images: jax.Array, extras: jax.Array | None, cfg: An
 
 # sRGB (D65) <-> CIE XYZ, with X and Z divided by the white point so white maps to (1, 1, 1):
 # the same L*a*b* as OpenCV's float conversion of RGB in [0, 1].
-_RGB_TO_XYZ = jnp.array([[0.412453 / 0.950456, 0.357580 / 0.950456, 0.180423 / 0.950456],
-                         [0.212671, 0.715160, 0.072169],
-                         [0.019334 / 1.088754, 0.119193 / 1.088754, 0.950227 / 1.088754]],
-                        jnp.float32)
-_XYZ_TO_RGB = jnp.linalg.inv(_RGB_TO_XYZ)
+# numpy, not jnp: a jnp constant here would create jax's backends at import, before the entry
+# points could choose XLA_FLAGS (jaxswap.xla_flags).
+_RGB_TO_XYZ = np.array([[0.412453 / 0.950456, 0.357580 / 0.950456, 0.180423 / 0.950456],
+                        [0.212671, 0.715160, 0.072169],
+                        [0.019334 / 1.088754, 0.119193 / 1.088754, 0.950227 / 1.088754]],
+                       np.float32)
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
 _DELTA = 6.0 / 29.0
 
 

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, logs, losses, models, parallel, previews, recovery
+from jaxswap import augment, logs, losses, models, parallel, previews, recovery, xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
@@ -364,11 +364,14 @@ def main(argv) -> None:
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.distributed_auto)
   logs.setup_logging()
+  if xla_flags.last_decision() is not None:
+    log.info("%s", xla_flags.last_decision().log_line())
   train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 def run() -> None:
   """Console entry point: user errors print one line and exit with status 2."""
+  xla_flags.apply_cpu_defaults()  # before jax creates its backend (CPU only; see the module)
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
