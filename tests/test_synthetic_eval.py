@@ -58,4 +58,4 @@ def test_face_ssim_only_looks_inside_the_mask():
   pred[:, :3] = 1 - pred[:, :3]  # damage outside the face, beyond the window's reach
   m = synthetic_eval.image_metrics(pred, truth, mask)
   assert m["face_ssim"] == pytest.approx(1.0, abs=1e-3) and m["face_mae"] == 0
-  assert m["ssim"] < 0.99 and m["mae"] > 0
+  assert m["ssim"] < m["face_ssim"] - 1e-3 and m["mae"] > 0  # the whole crop sees it
