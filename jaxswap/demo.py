@@ -38,7 +38,6 @@ def demo_config(output: str, steps: int):
   from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.steps = steps
-  config.optimizer.decay_steps = steps  # cosine to the end of the demo: a sharper final model
   config.data.dir = os.path.join(output, "data")
   config.data.name = "jaxswap_synthetic"
   config.checkpoint_every = max(1, steps // 4)
