@@ -44,6 +44,8 @@ class Options:
   blur: float = 8.0
   color: str = "rct"
   blend: str = "alpha"
+  sharpen: float = 0.0  # unsharp-mask amount (%) on the model's output; 0: off
+  sharpen_radius: float = 1.0  # its Gaussian sigma, pixels of the model's output
   batch: int = 16
   frames: tuple[int, int | None] = (0, None)
   smooth: int = 0
@@ -60,9 +62,11 @@ class Options:
       if value not in choices:
         raise JaxswapError(f"{name} {value!r} is not one of {', '.join(choices)}")
     if self.batch < 1 or self.smooth < 0 or not -50 <= self.erode <= 50 or \
-        not 0 <= self.blur <= 100 or (self.track or 0) < 0 or (self.max_gap or 0) < 0:
+        not 0 <= self.blur <= 100 or (self.track or 0) < 0 or (self.max_gap or 0) < 0 or \
+        not 0 <= self.sharpen <= 500 or not 0.3 <= self.sharpen_radius <= 10:
       raise JaxswapError("--batch must be >= 1, --smooth >= 0, --erode in -50..50 (%), "
-                         "--blur in 0..100 (%), --track and --max-gap >= 0")
+                         "--blur in 0..100 (%), --track and --max-gap >= 0, --sharpen in "
+                         "0..500 (%), --sharpen-radius in 0.3..10 (pixels)")
     start, end = self.frames
     if start < 0 or (end is not None and end <= start):
       raise JaxswapError(f"--frames {start}:{end} is empty or negative")
@@ -90,7 +94,8 @@ def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: boo
   t0 = time.perf_counter()
   out = rgb.copy() if jobs else rgb
   for job in jobs:
-    composite.paste_face(out, job.matrix, job.landmarks, job.crop, job.rgb, job.learned,
+    face = composite.sharpen(job.rgb, opts.sharpen, opts.sharpen_radius)
+    composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, job.learned,
                          size=size, mask=opts.mask, erode=opts.erode, blur=opts.blur,
                          color=opts.color, blend=opts.blend)
   if mark:
@@ -218,6 +223,11 @@ def parse_args(argv):
                  help="colour match in the aligned face: none, avg (mean), rct (Reinhard LAB), "
                       "hist (histogram)")
   p.add_argument("--blend", default="alpha", choices=composite.BLEND_MODES)
+  p.add_argument("--sharpen", type=float, default=0.0,
+                 help="unsharp-mask amount in %% applied to the model's output before it is "
+                      "scaled into the frame (faceswap/DeepFaceLab merger sharpen); 0: off")
+  p.add_argument("--sharpen-radius", type=float, default=1.0,
+                 help="the unsharp mask's Gaussian sigma in pixels of the model's output")
   p.add_argument("--batch", type=int, default=16, help="faces per model call")
   p.add_argument("--frames", help="START:END, convert only these frames (END exclusive)")
   p.add_argument("--smooth", type=int, default=0,
@@ -249,7 +259,8 @@ def main(argv=None) -> int:
     if not args.input or not args.workdir or not args.to:
       raise JaxswapError("--input, --workdir and --to are required (except with --list-tracks)")
     opts = Options(to=args.to, mask=args.mask, erode=args.erode, blur=args.blur,
-                   color=args.color, blend=args.blend, batch=args.batch,
+                   color=args.color, blend=args.blend, sharpen=args.sharpen,
+                   sharpen_radius=args.sharpen_radius, batch=args.batch,
                    frames=parse_frames(args.frames), smooth=args.smooth,
                    face_index=parse_face_index(args.face_index),
                    watermark=args.watermark, coverage=args.coverage, track=args.track,

@@ -1,7 +1,8 @@
 """Jitted, batched inference: encode faces, decode them as the other (or the same) identity.
 
 `load_run(workdir)` restores a trained run's config, model and parameters; `make_swap_fn` gives the
-function conversion calls on every batch of aligned faces (uint8 in, float32 in [0, 1] out).
+function conversion calls on every batch of aligned faces (uint8 in, float32 in [0, 1] out);
+`start_from` gives a new training run the parameters of a finished one (`--config.init_from`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxswap import models, parallel
+from jaxswap import models, parallel, recovery
 from jaxswap.data import loader
 from jaxswap.checkpoint import Checkpointer, DamagedCheckpoint
 from jaxswap.errors import JaxswapError
@@ -95,3 +96,22 @@ def load_run(workdir: str, step: int | None = None, mesh=None, info: dict | None
   finally:
     ckpt.close()
   return config, model, params
+
+
+def start_from(state, config, mesh):
+  """`state` (a fresh `train.TrainState`) with the parameters are the latest of run `config.init_from` (pretraining).
+
+  Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
+  learnt weights, so resuming it later is exact like any other.
+  """
+  source = config.init_from
+  try:
+    src_config, _, params = load_run(source, mesh=mesh)
+  except JaxswapError as e:
+    raise JaxswapError(f"--config.init_from={source}: {e}") from None
+  theirs, ours = recovery.architecture(src_config), recovery.architecture(config)
+  if theirs != ours:
+    raise JaxswapError(f"--config.init_from={source} is a run of {theirs}, this one is {ours}: "
+                       "the parameters cannot carry over")
+  log.info("parameters initialised from %s", source)
+  return state.replace(params=params)

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxswap import augment, logs, losses, models, parallel, previews, recovery, xla_flags
+from jaxswap import augment, logs, losses, models, parallel, previews, recovery, swap, xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
               config.data.dir, config.data.name), jax.process_count())}
   init = jax.jit(functools.partial(create_state, model, tx, config.seed),
                  out_shardings=parallel.replicated(mesh))
-  fresh = (lambda: start_from(init(), config, mesh)) if config.init_from else init
+  fresh = (lambda: swap.start_from(init(), config, mesh)) if config.init_from else init
   try:
     state = recovery.resume(ckpt, init, meta, fresh=fresh, strict=config.resume == "strict",
                             allow_config_change=allow_config_change)
@@ -307,25 +307,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     finally:
       stop.uninstall()
   return state
-
-
-def start_from(state: TrainState, config, mesh) -> TrainState:
-  """A fresh state whose parameters are the latest of run `config.init_from` (pretraining).
-
-  Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
-  learnt weights, so resuming it later is exact like any other.
-  """
-  from jaxswap import swap  # pylint: disable=g-import-not-at-top
-  source = config.init_from
-  try:
-    src_config, _, params = swap.load_run(source, mesh=mesh)
-  except JaxswapError as e:
-    raise JaxswapError(f"--config.init_from={source}: {e}") from None
-  if architecture(src_config) != architecture(config):
-    raise JaxswapError(f"--config.init_from={source} is a run of {architecture(src_config)}, "
-                       f"this one is {architecture(config)}: the parameters cannot carry over")
-  log.info("parameters initialised from %s", source)
-  return state.replace(params=params)
 
 
 def _check_finite(rows, ckpt: Checkpointer) -> None:

@@ -68,6 +68,25 @@ def test_histogram_match_inverts_a_monotone_map():
   np.testing.assert_allclose(blend.color_hist(src, ref, mask)[mask], ref[mask], atol=1e-6)
 
 
+def test_sharpen_steepens_edges_and_leaves_flat_regions_and_amount_zero_alone():
+  edge = np.zeros((32, 32, 3), np.float32)
+  edge[:, 16:] = 0.6
+  edge = cv2.GaussianBlur(edge, (0, 0), 2.0) + 0.2  # a soft edge, as a blurry decoder draws it
+  assert blend.sharpen(edge, 0.0) is edge
+  out = blend.sharpen(edge, 100.0, radius=2.0)
+  assert out.dtype == np.float32 and out.shape == edge.shape
+  lap = lambda x: cv2.Laplacian(x[..., 0], cv2.CV_32F).var()
+  # More edge energy, the more the larger the amount and the closer the radius to the blur's.
+  gains = [lap(blend.sharpen(edge, a, r)) / lap(edge) for a, r in ((100, 1), (200, 1), (100, 2))]
+  assert 1.2 < gains[0] < gains[1] and gains[0] < gains[2] and lap(out) > 2 * lap(edge)
+  np.testing.assert_allclose(out[:, :4], edge[:, :4], atol=1e-5)  # flat: unchanged
+  assert np.abs(np.diff(out[0, :, 0])).max() > 1.2 * np.abs(np.diff(edge[0, :, 0])).max()
+  hard = np.zeros((8, 8, 3), np.float32)
+  hard[:, 4:] = 1.0
+  out = blend.sharpen(hard, 300.0)
+  assert out.min() >= 0.0 and out.max() <= 1.0  # overshoot is clipped to the valid range
+
+
 def test_erode_then_blur_has_a_closed_form_support():
   mask = np.zeros((100, 100), np.float32)
   mask[30:70, 30:70] = 1.0

@@ -71,6 +71,22 @@ def color_transfer(mode: str, src: np.ndarray, ref: np.ndarray, mask: np.ndarray
   return {"avg": color_avg, "rct": color_rct, "hist": color_hist}[mode](src, ref, mask)
 
 
+def sharpen(face: np.ndarray, amount: float, radius: float = 1.0) -> np.ndarray:
+  """Unsharp mask of a face in [0, 1]: face + amount/100 * (face - Gaussian(face, radius)).
+
+  What faceswap's "sharpen" and DeepFaceLab's merger `blursharpen_amount` do to the model's output
+  before it is scaled up into the frame: a 128 px face drawn over a 250 px one loses the detail
+  its pixels do not hold, and a boost of the finest scale it does hold brings back the contrast
+  of edges. `radius` is the Gaussian's sigma in pixels of the model's output.
+  """
+  if amount <= 0:
+    return face
+  face = np.asarray(face, np.float32)
+  blurred = cv2.GaussianBlur(face, (0, 0), radius, borderType=cv2.BORDER_REFLECT)
+  return np.clip(cv2.addWeighted(face, 1.0 + amount / 100.0, blurred, -amount / 100.0, 0.0),
+                 0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Masks
 # ----------------------------------------------------------------------------------------------
