@@ -103,12 +103,17 @@ def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
 def alpha_blend(frame_roi: np.ndarray, face_roi_rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
   """frame + alpha * (face - frame), rounded; pixels with alpha == 0 keep their exact bits.
 
-  face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1].
+  face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1]. OpenCV's float -> uint8
+  conversion rounds half to even and saturates, as np.clip(np.rint(x), 0, 255) does.
   """
-  a = alpha[..., None]
-  mixed = frame_roi.astype(np.float32) + a * (face_roi_rgb - frame_roi.astype(np.float32))
-  mixed = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-  return np.where(a > 0, mixed, frame_roi)
+  frame_f = np.float32(frame_roi)
+  diff = cv2.subtract(np.asarray(face_roi_rgb, np.float32), frame_f)
+  a = np.ascontiguousarray(alpha, np.float32)
+  cv2.multiply(diff, cv2.merge((a, a, a)), dst=diff)
+  mixed = cv2.add(frame_f, diff, dtype=cv2.CV_8U)
+  out = frame_roi.copy()
+  cv2.copyTo(mixed, cv2.compare(a, 0.0, cv2.CMP_GT), out)  # alpha 0 (or NaN): the frame's bits
+  return out
 
 
 def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_rgb: np.ndarray,
@@ -116,25 +121,27 @@ def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_r
   """cv2.seamlessClone (Poisson) of the face into the ROI, then weighted by alpha.
 
   Returns the new ROI. Falls back to alpha blending where OpenCV refuses (a mask touching the
-  frame's edge).
+  frame's edge). The clone reads and writes only the mask's bounding box in the destination, so
+  it is given the ROI and a 1 px margin, not a copy of the whole frame.
   """
   x0, y0, x1, y1 = roi
   frame_roi = frame[y0:y1, x0:x1]
-  binary = (alpha > 0.5).astype(np.uint8) * 255
-  ys, xs = np.nonzero(binary)
+  binary = cv2.compare(np.ascontiguousarray(alpha, np.float32), 0.5, cv2.CMP_GT)
+  bx, by, bw, bh = cv2.boundingRect(binary)
   h, w = frame.shape[:2]
-  if len(xs) == 0:
+  if bw == 0 or bh == 0:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-  if x0 + bx0 < 1 or y0 + by0 < 1 or x0 + bx1 > w - 1 or y0 + by1 > h - 1:
+  if x0 + bx < 1 or y0 + by < 1 or x0 + bx + bw > w - 1 or y0 + by + bh > h - 1:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  src = np.clip(np.rint(face_roi_rgb), 0, 255).astype(np.uint8)
-  centre = (int(x0 + bx0 + (bx1 - bx0) // 2), int(y0 + by0 + (by1 - by0) // 2))
+  src = cv2.add(np.asarray(face_roi_rgb, np.float32), 0.0, dtype=cv2.CV_8U)  # rint, saturate
+  wx0, wy0 = x0 - 1, y0 - 1  # >= 0: the mask's box is 1 px inside the frame
+  window = np.ascontiguousarray(frame[wy0:min(y1 + 1, h), wx0:min(x1 + 1, w)])
+  centre = (int(x0 + bx + bw // 2 - wx0), int(y0 + by + bh // 2 - wy0))
   try:
-    cloned = cv2.seamlessClone(src, np.ascontiguousarray(frame), binary, centre, cv2.NORMAL_CLONE)
+    cloned = cv2.seamlessClone(src, window, binary, centre, cv2.NORMAL_CLONE)
   except cv2.error:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  return alpha_blend(frame_roi, cloned[y0:y1, x0:x1].astype(np.float32), alpha)
+  return alpha_blend(frame_roi, np.float32(cloned[1:1 + y1 - y0, 1:1 + x1 - x0]), alpha)
 
 
 def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarray:
