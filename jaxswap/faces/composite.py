@@ -23,30 +23,41 @@ MASKS = ("components", "extended", "learned", "learned*components")
 # ----------------------------------------------------------------------------------------------
 
 
-def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  m = np.asarray(mask, bool).reshape(image.shape[:2])
-  return image[m] if m.any() else image.reshape(-1, image.shape[-1])
+def _mask_u8(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+  """uint8 0/1 mask for OpenCV's masked statistics; None (every pixel) where it is empty."""
+  m = np.asarray(mask).reshape(shape)
+  m = m.view(np.uint8) if m.dtype == bool else (m != 0).view(np.uint8)
+  return m if m.any() else None
+
+
+def masked_moments(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and (population) std over the mask, or the whole image if it is empty."""
+  mean, std = cv2.meanStdDev(image, mask=_mask_u8(mask, image.shape[:2]))
+  return mean.ravel(), std.ravel()
 
 
 def color_avg(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Shifts each RGB channel so its mean over the mask is the reference's."""
-  shift = _masked(ref, mask).mean(0) - _masked(src, mask).mean(0)
-  return np.clip(src + shift, 0.0, 1.0).astype(np.float32)
+  m = _mask_u8(mask, src.shape[:2])
+  shift = np.subtract(cv2.mean(ref, mask=m)[:3], cv2.mean(src, mask=m)[:3], dtype=np.float32)
+  return np.clip(src + shift, 0.0, 1.0, dtype=np.float32)
 
 
 def match_moments(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Per channel, an affine map that makes src's masked mean and std the ref's."""
-  s, r = _masked(src, mask), _masked(ref, mask)
-  gain = r.std(0) / np.maximum(s.std(0), 1e-6)
-  return ((src - s.mean(0)) * gain + r.mean(0)).astype(np.float32)
+  s_mean, s_std = masked_moments(src, mask)
+  r_mean, r_std = masked_moments(ref, mask)
+  gain = r_std / np.maximum(s_std, 1e-6)
+  affine = np.concatenate([np.diag(gain), (r_mean - s_mean * gain)[:, None]], 1)
+  return cv2.transform(np.ascontiguousarray(src, np.float32), affine)  # one pass, float32
 
 
 def color_rct(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Reinhard et al. 2001: moment matching in CIE L*a*b*, where channels are decorrelated."""
   src_lab = cv2.cvtColor(np.ascontiguousarray(src, np.float32), cv2.COLOR_RGB2LAB)
   ref_lab = cv2.cvtColor(np.ascontiguousarray(ref, np.float32), cv2.COLOR_RGB2LAB)
-  out = match_moments(src_lab, ref_lab, mask)
-  return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB), 0.0, 1.0)
+  out = cv2.cvtColor(match_moments(src_lab, ref_lab, mask), cv2.COLOR_LAB2RGB)
+  return np.clip(out, 0.0, 1.0, out=out)
 
 
 def match_histogram(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
