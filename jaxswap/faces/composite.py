@@ -17,6 +17,8 @@ from jaxswap.faces import geometry, warp
 COLOR_MODES = ("none", "avg", "rct", "hist")
 BLEND_MODES = ("alpha", "seamless")
 MASKS = ("components", "extended", "learned", "learned*components")
+MASK_BLUR_PX = 16  # the blur kernel's side in mask pixels at least (mask_size)
+MASK_MIN_PX = 128
 
 # ----------------------------------------------------------------------------------------------
 # Colour transfer (in the aligned crop, statistics over the mask only)
@@ -87,14 +89,21 @@ def color_transfer(mode: str, src: np.ndarray, ref: np.ndarray, mask: np.ndarray
 # ----------------------------------------------------------------------------------------------
 
 
-def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
+def gaussian_sigma(ksize: int) -> float:
+  """The sigma OpenCV derives from a kernel side when it is given none (`getGaussianKernel`)."""
+  return 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+
+
+def erode_blur(mask: np.ndarray, erode: float, blur: float, scale: float = 1.0) -> np.ndarray:
   """float32 mask shrunk by `erode` pixels (negative grows it), then Gaussian-blurred.
 
   `blur` is the kernel's side in pixels (made odd); the kernel is finite, so weights stay exactly
   0 further than blur // 2 pixels outside the (eroded) mask: the frame there is untouched.
+  `erode` and `blur` are in pixels of a mask `1 / scale` times as large as `mask`: a mask drawn
+  at a lower resolution gets the same erosion (to its pixel) and the same Gaussian, scaled.
   """
   out = np.asarray(mask, np.float32)
-  k = int(round(abs(erode)))
+  k = int(round(abs(erode) * scale))
   if k > 0:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
     out = (cv2.erode if erode > 0 else cv2.dilate)(out, kernel, borderType=cv2.BORDER_CONSTANT,
@@ -102,8 +111,25 @@ def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
   b = int(round(blur))
   if b >= 2:
     b += 1 - b % 2
-    out = cv2.GaussianBlur(out, (b, b), 0, borderType=cv2.BORDER_CONSTANT)
+    if scale == 1.0:
+      return cv2.GaussianBlur(out, (b, b), 0, borderType=cv2.BORDER_CONSTANT)
+    bs = max(3, int(round(b * scale)))
+    bs += 1 - bs % 2
+    sigma = gaussian_sigma(b) * scale
+    out = cv2.GaussianBlur(out, (bs, bs), sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
   return out
+
+
+def mask_size(size: int, size_s: int, blur: float) -> int:
+  """Side of the drawn mask for a face `size_s` frame pixels wide and a `blur` % edge.
+
+  The edge is a Gaussian: it needs only so many pixels across (MASK_BLUR_PX), not the face's
+  frame resolution. Never below the model's crop (`size`) or MASK_MIN_PX; a hard edge (blur 0)
+  keeps the face's resolution.
+  """
+  if blur <= 0:
+    return size_s
+  return int(min(size_s, max(size, MASK_MIN_PX, int(np.ceil(MASK_BLUR_PX * 100.0 / blur)))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,27 +221,45 @@ def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | Non
   return mask
 
 
+def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.ndarray | None,
+                frame_size: tuple[int, int], *, size: int, mask: str = "components",
+                erode: float = 2.0, blur: float = 8.0):
+  """A face's blend weights in the frame: (roi, alpha (H, W) over roi, crop mask) or None.
+
+  The percentages are of the face's side in frame pixels (size_s); the mask is drawn at
+  mask_size <= size_s (its edge is a blur) and warped to the frame with linear interpolation,
+  over just the frame box of its support. The crop mask (bool, size x size) is where colour
+  statistics are taken.
+  """
+  w, h = frame_size
+  size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
+  size_m = mask_size(size, size_s, blur)
+  m_m = warp.rescale_matrix(matrix, size, size_m)
+  alpha_m = face_mask(mask, landmarks, learned, m_m, size_m)
+  alpha_m = erode_blur(alpha_m, erode * size_s / 100.0, blur * size_s / 100.0, size_m / size_s)
+  support = cv2.boundingRect(cv2.compare(alpha_m, 0.0, cv2.CMP_GT))
+  roi = warp.face_roi(m_m, size_m, w, h, rect=support) if support[2] > 0 else None
+  if roi is None:
+    return None
+  small = cv2.resize(alpha_m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+  return roi, warp.warp_to_frame(alpha_m, m_m, roi), small
+
+
 def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | None,
                crop: np.ndarray, rgb: np.ndarray, learned: np.ndarray | None, *, size: int,
                mask: str = "components", erode: float = 2.0, blur: float = 8.0,
                color: str = "rct", blend: str = "alpha") -> None:
   """Draws one swapped face (`rgb`, the model's output for `crop`) into `frame` in place.
 
-  `erode`/`blur` are percentages of the face's side in the frame.
+  `erode`/`blur` are percentages of the face's side in the frame (`frame_alpha`).
   """
-  h, w = frame.shape[:2]
-  # Masks are made at about the face's size in the frame, so their edges are not blocky.
-  size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
-  m_s = warp.rescale_matrix(matrix, size, size_s)
-  alpha_s = face_mask(mask, landmarks, learned, m_s, size_s)
-  alpha_s = erode_blur(alpha_s, erode * size_s / 100.0, blur * size_s / 100.0)
-  roi = warp.face_roi(m_s, size_s, w, h)
-  if roi is None or not alpha_s.any():
+  weights = frame_alpha(matrix, landmarks, learned, (frame.shape[1], frame.shape[0]), size=size,
+                        mask=mask, erode=erode, blur=blur)
+  if weights is None:
     return
-  small = cv2.resize(alpha_s, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+  roi, alpha, small = weights
   out = color_transfer(color, rgb, crop.astype(np.float32) / 255.0, small)
-  alpha = warp.warp_to_frame(alpha_s, m_s, roi)
-  face = warp.warp_to_frame(np.ascontiguousarray(out * 255.0, np.float32), matrix, roi,
+  face = warp.warp_to_frame(np.multiply(out, 255.0, dtype=np.float32), matrix, roi,
                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
   x0, y0, x1, y1 = roi
   if blend == "seamless":
