@@ -135,9 +135,10 @@ def test_alpha_blend_is_the_rounded_float_formula_bit_for_bit():
   np.testing.assert_array_equal(blend.alpha_blend(frame, face, alpha)[5:, :10], frame[5:, :10])
 
 
-def test_seamless_clone_in_a_window_equals_cloning_into_the_whole_frame():
-  frame = skimage_data.astronaut()[:300, :280].copy()
-  roi = (40, 50, 160, 170)
+@pytest.mark.parametrize("roi", [(40, 50, 160, 170), (0, 0, 120, 120), (160, 180, 280, 300)])
+def test_seamless_clone_in_a_window_equals_cloning_into_the_whole_frame(roi):
+  frame = skimage_data.astronaut()[:300, :280].copy()  # the last ROI ends at its corner
+  x0, y0, x1, y1 = roi
   face = np.zeros((120, 120, 3), np.float32)
   face[:, ::8] = 255.0
   alpha = np.zeros((120, 120), np.float32)
@@ -145,12 +146,12 @@ def test_seamless_clone_in_a_window_equals_cloning_into_the_whole_frame():
   alpha = blend.erode_blur(alpha, 0, 9)
   binary = (alpha > 0.5).astype(np.uint8) * 255
   ys, xs = np.nonzero(binary)
-  centre = (int(40 + xs.min() + (xs.max() + 1 - xs.min()) // 2),
-            int(50 + ys.min() + (ys.max() + 1 - ys.min()) // 2))
+  centre = (int(x0 + xs.min() + (xs.max() + 1 - xs.min()) // 2),
+            int(y0 + ys.min() + (ys.max() + 1 - ys.min()) // 2))
   cloned = cv2.seamlessClone(np.clip(np.rint(face), 0, 255).astype(np.uint8), frame, binary,
                              centre, cv2.NORMAL_CLONE)
-  expected = reference_alpha_blend(frame[50:170, 40:160], cloned[50:170, 40:160].astype(
-      np.float32), alpha)
+  expected = reference_alpha_blend(frame[y0:y1, x0:x1], cloned[y0:y1, x0:x1].astype(np.float32),
+                                   alpha)
   np.testing.assert_array_equal(blend.seamless_blend(frame, roi, face, alpha), expected)
 
 

@@ -171,14 +171,15 @@ def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_r
   if x0 + bx < 1 or y0 + by < 1 or x0 + bx + bw > w - 1 or y0 + by + bh > h - 1:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
   src = cv2.add(np.asarray(face_roi_rgb, np.float32), 0.0, dtype=cv2.CV_8U)  # rint, saturate
-  wx0, wy0 = x0 - 1, y0 - 1  # >= 0: the mask's box is 1 px inside the frame
+  wx0, wy0 = max(x0 - 1, 0), max(y0 - 1, 0)  # the mask's box stays >= 1 px inside the window
   window = np.ascontiguousarray(frame[wy0:min(y1 + 1, h), wx0:min(x1 + 1, w)])
   centre = (int(x0 + bx + bw // 2 - wx0), int(y0 + by + bh // 2 - wy0))
   try:
     cloned = cv2.seamlessClone(src, window, binary, centre, cv2.NORMAL_CLONE)
   except cv2.error:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  return alpha_blend(frame_roi, np.float32(cloned[1:1 + y1 - y0, 1:1 + x1 - x0]), alpha)
+  cloned = cloned[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+  return alpha_blend(frame_roi, np.float32(cloned), alpha)
 
 
 def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarray:
