@@ -17,36 +17,49 @@ from jaxswap.faces import geometry, warp
 COLOR_MODES = ("none", "avg", "rct", "hist")
 BLEND_MODES = ("alpha", "seamless")
 MASKS = ("components", "extended", "learned", "learned*components")
+MASK_BLUR_PX = 16  # the blur kernel's side in mask pixels at least (mask_size)
+MASK_MIN_PX = 128
 
 # ----------------------------------------------------------------------------------------------
 # Colour transfer (in the aligned crop, statistics over the mask only)
 # ----------------------------------------------------------------------------------------------
 
 
-def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  m = np.asarray(mask, bool).reshape(image.shape[:2])
-  return image[m] if m.any() else image.reshape(-1, image.shape[-1])
+def _mask_u8(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+  """uint8 0/1 mask for OpenCV's masked statistics; None (every pixel) where it is empty."""
+  m = np.asarray(mask).reshape(shape)
+  m = m.view(np.uint8) if m.dtype == bool else (m != 0).view(np.uint8)
+  return m if m.any() else None
+
+
+def masked_moments(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and (population) std over the mask, or the whole image if it is empty."""
+  mean, std = cv2.meanStdDev(image, mask=_mask_u8(mask, image.shape[:2]))
+  return mean.ravel(), std.ravel()
 
 
 def color_avg(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Shifts each RGB channel so its mean over the mask is the reference's."""
-  shift = _masked(ref, mask).mean(0) - _masked(src, mask).mean(0)
-  return np.clip(src + shift, 0.0, 1.0).astype(np.float32)
+  m = _mask_u8(mask, src.shape[:2])
+  shift = np.subtract(cv2.mean(ref, mask=m)[:3], cv2.mean(src, mask=m)[:3], dtype=np.float32)
+  return np.clip(src + shift, 0.0, 1.0, dtype=np.float32)
 
 
 def match_moments(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Per channel, an affine map that makes src's masked mean and std the ref's."""
-  s, r = _masked(src, mask), _masked(ref, mask)
-  gain = r.std(0) / np.maximum(s.std(0), 1e-6)
-  return ((src - s.mean(0)) * gain + r.mean(0)).astype(np.float32)
+  s_mean, s_std = masked_moments(src, mask)
+  r_mean, r_std = masked_moments(ref, mask)
+  gain = r_std / np.maximum(s_std, 1e-6)
+  affine = np.concatenate([np.diag(gain), (r_mean - s_mean * gain)[:, None]], 1)
+  return cv2.transform(np.ascontiguousarray(src, np.float32), affine)  # one pass, float32
 
 
 def color_rct(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Reinhard et al. 2001: moment matching in CIE L*a*b*, where channels are decorrelated."""
   src_lab = cv2.cvtColor(np.ascontiguousarray(src, np.float32), cv2.COLOR_RGB2LAB)
   ref_lab = cv2.cvtColor(np.ascontiguousarray(ref, np.float32), cv2.COLOR_RGB2LAB)
-  out = match_moments(src_lab, ref_lab, mask)
-  return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB), 0.0, 1.0)
+  out = cv2.cvtColor(match_moments(src_lab, ref_lab, mask), cv2.COLOR_LAB2RGB)
+  return np.clip(out, 0.0, 1.0, out=out)
 
 
 def match_histogram(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -92,14 +105,21 @@ def sharpen(face: np.ndarray, amount: float, radius: float = 1.0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
+def gaussian_sigma(ksize: int) -> float:
+  """The sigma OpenCV derives from a kernel side when it is given none (`getGaussianKernel`)."""
+  return 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+
+
+def erode_blur(mask: np.ndarray, erode: float, blur: float, scale: float = 1.0) -> np.ndarray:
   """float32 mask shrunk by `erode` pixels (negative grows it), then Gaussian-blurred.
 
   `blur` is the kernel's side in pixels (made odd); the kernel is finite, so weights stay exactly
   0 further than blur // 2 pixels outside the (eroded) mask: the frame there is untouched.
+  `erode` and `blur` are in pixels of a mask `1 / scale` times as large as `mask`: a mask drawn
+  at a lower resolution gets the same erosion (to its pixel) and the same Gaussian, scaled.
   """
   out = np.asarray(mask, np.float32)
-  k = int(round(abs(erode)))
+  k = int(round(abs(erode) * scale))
   if k > 0:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
     out = (cv2.erode if erode > 0 else cv2.dilate)(out, kernel, borderType=cv2.BORDER_CONSTANT,
@@ -107,8 +127,25 @@ def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
   b = int(round(blur))
   if b >= 2:
     b += 1 - b % 2
-    out = cv2.GaussianBlur(out, (b, b), 0, borderType=cv2.BORDER_CONSTANT)
+    if scale == 1.0:
+      return cv2.GaussianBlur(out, (b, b), 0, borderType=cv2.BORDER_CONSTANT)
+    bs = max(3, int(round(b * scale)))
+    bs += 1 - bs % 2
+    sigma = gaussian_sigma(b) * scale
+    out = cv2.GaussianBlur(out, (bs, bs), sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
   return out
+
+
+def mask_size(size: int, size_s: int, blur: float) -> int:
+  """Side of the drawn mask for a face `size_s` frame pixels wide and a `blur` % edge.
+
+  The edge is a Gaussian: it needs only so many pixels across (MASK_BLUR_PX), not the face's
+  frame resolution. Never below the model's crop (`size`) or MASK_MIN_PX; a hard edge (blur 0)
+  keeps the face's resolution.
+  """
+  if blur <= 0:
+    return size_s
+  return int(min(size_s, max(size, MASK_MIN_PX, int(np.ceil(MASK_BLUR_PX * 100.0 / blur)))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,12 +156,17 @@ def erode_blur(mask: np.ndarray, erode: float, blur: float) -> np.ndarray:
 def alpha_blend(frame_roi: np.ndarray, face_roi_rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
   """frame + alpha * (face - frame), rounded; pixels with alpha == 0 keep their exact bits.
 
-  face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1].
+  face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1]. OpenCV's float -> uint8
+  conversion rounds half to even and saturates, as np.clip(np.rint(x), 0, 255) does.
   """
-  a = alpha[..., None]
-  mixed = frame_roi.astype(np.float32) + a * (face_roi_rgb - frame_roi.astype(np.float32))
-  mixed = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-  return np.where(a > 0, mixed, frame_roi)
+  frame_f = np.float32(frame_roi)
+  diff = cv2.subtract(np.asarray(face_roi_rgb, np.float32), frame_f)
+  a = np.ascontiguousarray(alpha, np.float32)
+  cv2.multiply(diff, cv2.merge((a, a, a)), dst=diff)
+  mixed = cv2.add(frame_f, diff, dtype=cv2.CV_8U)
+  out = frame_roi.copy()
+  cv2.copyTo(mixed, cv2.compare(a, 0.0, cv2.CMP_GT), out)  # alpha 0 (or NaN): the frame's bits
+  return out
 
 
 def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_rgb: np.ndarray,
@@ -132,25 +174,28 @@ def seamless_blend(frame: np.ndarray, roi: tuple[int, int, int, int], face_roi_r
   """cv2.seamlessClone (Poisson) of the face into the ROI, then weighted by alpha.
 
   Returns the new ROI. Falls back to alpha blending where OpenCV refuses (a mask touching the
-  frame's edge).
+  frame's edge). The clone reads and writes only the mask's bounding box in the destination, so
+  it is given the ROI and a 1 px margin, not a copy of the whole frame.
   """
   x0, y0, x1, y1 = roi
   frame_roi = frame[y0:y1, x0:x1]
-  binary = (alpha > 0.5).astype(np.uint8) * 255
-  ys, xs = np.nonzero(binary)
+  binary = cv2.compare(np.ascontiguousarray(alpha, np.float32), 0.5, cv2.CMP_GT)
+  bx, by, bw, bh = cv2.boundingRect(binary)
   h, w = frame.shape[:2]
-  if len(xs) == 0:
+  if bw == 0 or bh == 0:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-  if x0 + bx0 < 1 or y0 + by0 < 1 or x0 + bx1 > w - 1 or y0 + by1 > h - 1:
+  if x0 + bx < 1 or y0 + by < 1 or x0 + bx + bw > w - 1 or y0 + by + bh > h - 1:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  src = np.clip(np.rint(face_roi_rgb), 0, 255).astype(np.uint8)
-  centre = (int(x0 + bx0 + (bx1 - bx0) // 2), int(y0 + by0 + (by1 - by0) // 2))
+  src = cv2.add(np.asarray(face_roi_rgb, np.float32), 0.0, dtype=cv2.CV_8U)  # rint, saturate
+  wx0, wy0 = max(x0 - 1, 0), max(y0 - 1, 0)  # the mask's box stays >= 1 px inside the window
+  window = np.ascontiguousarray(frame[wy0:min(y1 + 1, h), wx0:min(x1 + 1, w)])
+  centre = (int(x0 + bx + bw // 2 - wx0), int(y0 + by + bh // 2 - wy0))
   try:
-    cloned = cv2.seamlessClone(src, np.ascontiguousarray(frame), binary, centre, cv2.NORMAL_CLONE)
+    cloned = cv2.seamlessClone(src, window, binary, centre, cv2.NORMAL_CLONE)
   except cv2.error:
     return alpha_blend(frame_roi, face_roi_rgb, alpha)
-  return alpha_blend(frame_roi, cloned[y0:y1, x0:x1].astype(np.float32), alpha)
+  cloned = cloned[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+  return alpha_blend(frame_roi, np.float32(cloned), alpha)
 
 
 def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarray:
@@ -193,27 +238,45 @@ def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | Non
   return mask
 
 
+def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.ndarray | None,
+                frame_size: tuple[int, int], *, size: int, mask: str = "components",
+                erode: float = 2.0, blur: float = 8.0):
+  """A face's blend weights in the frame: (roi, alpha (H, W) over roi, crop mask) or None.
+
+  The percentages are of the face's side in frame pixels (size_s); the mask is drawn at
+  mask_size <= size_s (its edge is a blur) and warped to the frame with linear interpolation,
+  over just the frame box of its support. The crop mask (bool, size x size) is where colour
+  statistics are taken.
+  """
+  w, h = frame_size
+  size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
+  size_m = mask_size(size, size_s, blur)
+  m_m = warp.rescale_matrix(matrix, size, size_m)
+  alpha_m = face_mask(mask, landmarks, learned, m_m, size_m)
+  alpha_m = erode_blur(alpha_m, erode * size_s / 100.0, blur * size_s / 100.0, size_m / size_s)
+  support = cv2.boundingRect(cv2.compare(alpha_m, 0.0, cv2.CMP_GT))
+  roi = warp.face_roi(m_m, size_m, w, h, rect=support) if support[2] > 0 else None
+  if roi is None:
+    return None
+  small = cv2.resize(alpha_m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+  return roi, warp.warp_to_frame(alpha_m, m_m, roi), small
+
+
 def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | None,
                crop: np.ndarray, rgb: np.ndarray, learned: np.ndarray | None, *, size: int,
                mask: str = "components", erode: float = 2.0, blur: float = 8.0,
                color: str = "rct", blend: str = "alpha") -> None:
   """Draws one swapped face (`rgb`, the model's output for `crop`) into `frame` in place.
 
-  `erode`/`blur` are percentages of the face's side in the frame.
+  `erode`/`blur` are percentages of the face's side in the frame (`frame_alpha`).
   """
-  h, w = frame.shape[:2]
-  # Masks are made at about the face's size in the frame, so their edges are not blocky.
-  size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
-  m_s = warp.rescale_matrix(matrix, size, size_s)
-  alpha_s = face_mask(mask, landmarks, learned, m_s, size_s)
-  alpha_s = erode_blur(alpha_s, erode * size_s / 100.0, blur * size_s / 100.0)
-  roi = warp.face_roi(m_s, size_s, w, h)
-  if roi is None or not alpha_s.any():
+  weights = frame_alpha(matrix, landmarks, learned, (frame.shape[1], frame.shape[0]), size=size,
+                        mask=mask, erode=erode, blur=blur)
+  if weights is None:
     return
-  small = cv2.resize(alpha_s, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+  roi, alpha, small = weights
   out = color_transfer(color, rgb, crop.astype(np.float32) / 255.0, small)
-  alpha = warp.warp_to_frame(alpha_s, m_s, roi)
-  face = warp.warp_to_frame(np.ascontiguousarray(out * 255.0, np.float32), matrix, roi,
+  face = warp.warp_to_frame(np.multiply(out, 255.0, dtype=np.float32), matrix, roi,
                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
   x0, y0, x1, y1 = roi
   if blend == "seamless":

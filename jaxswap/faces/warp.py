@@ -56,12 +56,21 @@ def rescale_matrix(matrix: np.ndarray, size_from: int, size_to: int) -> np.ndarr
   return geometry.compose(scale, matrix)
 
 
-def face_roi(matrix: np.ndarray, size: int, width: int, height: int, pad: int = 2
-             ) -> tuple[int, int, int, int] | None:
-  """(x0, y0, x1, y1): the frame rectangle a size x size crop covers (+pad), clipped; None if off."""
+def face_roi(matrix: np.ndarray, size: int, width: int, height: int, pad: int = 2,
+             rect: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int] | None:
+  """(x0, y0, x1, y1): the frame rectangle a size x size crop covers (+pad), clipped; None if off.
+
+  With `rect` = (x, y, w, h), crop pixels (a mask's support, `cv2.boundingRect`), only the frame
+  pixels a linear inverse warp can draw from those: their centres +-1 crop pixel (+pad).
+  """
+  if rect is None:
+    lo, hi = (-0.5, -0.5), (size - 0.5, size - 0.5)
+  else:
+    x, y, w, h = rect
+    lo, hi = (x - 1.0, y - 1.0), (x + w, y + h)
   corners = geometry.transform_points(geometry.invert_affine(matrix),
-                                      [[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5],
-                                       [size - 0.5, size - 0.5]])
+                                      [[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]],
+                                       [hi[0], hi[1]]])
   x0, y0 = np.floor(corners.min(0)).astype(int) - pad
   x1, y1 = np.ceil(corners.max(0)).astype(int) + pad + 1
   x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
