@@ -26,21 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from jaxswap import convert, prefetch, provenance, video, xla_flags
+from jaxswap import convert, convert_faces, prefetch, provenance, video, xla_flags
 
 
 def model_fn_of(workdir: str, to: str, batch: int, size: int, identity: bool):
   """A warmed-up, compiled swap function (or identity) at the batch shape conversion uses."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxswap import parallel, swap  # pylint: disable=g-import-not-at-top
-  from jaxswap.data import loader  # pylint: disable=g-import-not-at-top
+  from jaxswap import swap  # pylint: disable=g-import-not-at-top
   batch = -(-batch // jax.device_count()) * jax.device_count()
   if identity:
-    mesh = parallel.make_mesh()
-    fn = jax.jit(lambda f: {"rgb": loader.to_float(f)},
-                 in_shardings=parallel.batch_sharding(mesh),
-                 out_shardings=parallel.batch_sharding(mesh))
-    call = fn
+    call = convert_faces.passthrough_fn()
   else:
     _, model, params = swap.load_run(workdir)
     fn = swap.make_swap_fn(model, to)

@@ -54,6 +54,7 @@ class Options:
   coverage: float | None = None  # for on-the-fly detection; None: the run's, else 0.85
   track: int | None = None  # swap only this track (alignments' numbering); None: every face
   max_gap: int | None = None  # longest gap filled in along a track; None: max(12, 2 * every_n)
+  passthrough: bool = False  # the model replaced by the identity (see convert_faces.passthrough_fn)
 
   def check(self) -> None:
     for name, value, choices in (("--to", self.to, ("a", "b")), ("--mask", self.mask, MASKS),
@@ -125,8 +126,11 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   source = video.open_source(input_path)
   if source.kind != "video":
     raise JaxswapError(f"--input {input_path} is a folder; conversion takes a video file")
-  run = convert_faces.Run.load(workdir, opts.to, opts.batch, model_fn)
+  run = convert_faces.Run.load(workdir, opts.to, opts.batch, model_fn, opts.passthrough)
   if opts.mask.startswith("learned") and not run.has_mask:
+    if opts.passthrough:
+      raise JaxswapError(f"--mask {opts.mask} with --passthrough: the identity has no learned "
+                         "mask; use components or extended")
     raise JaxswapError(f"--mask {opts.mask}: the model of {workdir} has no learned mask "
                        "(train with --config.model.learn_mask=True)")
   faces = convert_faces.FaceSource.create(source, run, alignments_path, opts)
@@ -134,7 +138,7 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   record = provenance.provenance(
       "video", run=os.path.abspath(workdir), checkpoint_step=run.step, model=run.model_name,
       to=opts.to, source=os.path.abspath(input_path), mask=opts.mask, color=opts.color,
-      blend=opts.blend, frames=[start, end])
+      blend=opts.blend, frames=[start, end], passthrough=opts.passthrough)
   if png_dir is not None:
     sink = provenance.PngDirSink(png_dir, record, first_index=start)
   else:
@@ -243,6 +247,10 @@ def parse_args(argv):
                       "alignments (default max(12, 2 x --every-n)); longer gaps pass through")
   p.add_argument("--coverage", type=float, default=None,
                  help="on-the-fly detection only: crop coverage (default: the run's dataset's)")
+  p.add_argument("--passthrough", action="store_true",
+                 help="replace the model by the identity: each face goes through the run's "
+                      "crop at its size and back (what a perfect model would give; score it with "
+                      "jaxswap-evaluate to see the resolution's ceiling)")
   p.add_argument("--watermark", action="store_true", help="add a visible 'SYNTHETIC' label")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   return p.parse_args(argv)
@@ -264,7 +272,7 @@ def main(argv=None) -> int:
                    frames=parse_frames(args.frames), smooth=args.smooth,
                    face_index=parse_face_index(args.face_index),
                    watermark=args.watermark, coverage=args.coverage, track=args.track,
-                   max_gap=args.max_gap)
+                   max_gap=args.max_gap, passthrough=args.passthrough)
     summary = convert(args.input, args.workdir, args.output, opts,
                       alignments_path=args.alignments, png_dir=args.png_dir,
                       progress=not args.quiet)

@@ -52,7 +52,8 @@ class Run:
     self.has_mask = bool(config.model.learn_mask)
 
   @classmethod
-  def load(cls, workdir: str, to: str, batch: int, model_fn=None) -> "Run":
+  def load(cls, workdir: str, to: str, batch: int, model_fn=None,
+           passthrough: bool = False) -> "Run":
     import jax  # pylint: disable=g-import-not-at-top
     from jaxswap import swap  # pylint: disable=g-import-not-at-top
     config = swap.load_config(workdir)
@@ -62,6 +63,10 @@ class Run:
       raise JaxswapError(f"--workdir={workdir} has no checkpoint yet: train first")
     devices = jax.device_count()
     batch = -(-batch // devices) * devices  # the mesh splits the batch evenly
+    if passthrough:
+      run = cls(config, passthrough_fn(), None, step, batch, face)
+      run.model_name, run.has_mask = "passthrough", False
+      return run
     if model_fn is not None:
       return cls(config, model_fn, None, step, batch, face)
     info: dict = {}
@@ -121,6 +126,22 @@ class Run:
         job.learned = None if mask is None else np.ascontiguousarray(mask[k, ..., 0])
         k += 1
       yield frame, jobs
+
+
+def passthrough_fn():
+  """The model replaced by the identity, jitted over the device mesh like a real model.
+
+  A face goes through the run's aligned crop at the run's size and back into the frame, with the
+  same mask, colour match and blend: what a perfect model of that size would give. Scored by
+  `jaxswap-evaluate`, it is the ceiling the crop's resolution puts on sharpness, pose and
+  expression for faces of this video's size.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxswap import parallel  # pylint: disable=g-import-not-at-top
+  from jaxswap.data import loader  # pylint: disable=g-import-not-at-top
+  batch = parallel.batch_sharding(parallel.make_mesh())
+  return jax.jit(lambda faces: {"rgb": loader.to_float(faces)}, in_shardings=batch,
+                 out_shardings=batch)
 
 
 def latest_step(workdir: str) -> int | None:

@@ -4,6 +4,7 @@ The run is a `tiny` network trained for two steps on the synthetic identities: c
 behaviour does not depend on how well the model was trained.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from jaxswap import convert, extract, provenance
 from jaxswap import video as video_io
 from jaxswap.data import synthetic
+from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments, geometry as g
 from tests.conftest import ROOT
 
@@ -166,6 +168,29 @@ def test_png_frames_are_untouched_outside_the_mask(video, tiny_run, tmp_path, co
     core = cv2.erode(g.fill_convex(g.components_hull(lm), H, W).astype(np.uint8),
                      np.ones((11, 11), np.uint8)) > 0
     assert np.abs(out.astype(int) - inp)[core].mean() > 3  # the face did change
+
+
+@needs_ffmpeg
+def test_passthrough_puts_back_the_resampled_input(video, tiny_run, tmp_path):
+  """--passthrough: the face through the run's crop and back, blended like a swap."""
+  path, doc, placed = video
+  opts = convert.Options(to="a", batch=8, color="none", passthrough=True)
+  convert.convert(path, tiny_run, None, opts, alignments_path=doc, png_dir=str(tmp_path / "png"),
+                  progress=False)
+  record = video_io.provenance_of(str(tmp_path / "png" / "frame_000000.png"))
+  assert record["passthrough"] is True and record["model"] == "passthrough"
+  (m,) = placed[0]
+  inp = read_frames(path)[0]
+  out = cv2.cvtColor(cv2.imread(str(tmp_path / "png" / "frame_000000.png")), cv2.COLOR_BGR2RGB)
+  lm = g.transform_points(g.invert_affine(m), fake_mesh(SIZE))
+  core = cv2.erode(g.fill_convex(g.components_hull(lm), H, W).astype(np.uint8),
+                   np.ones((11, 11), np.uint8)) > 0
+  diff = np.abs(out.astype(int) - inp)[core]
+  assert 0 < diff.mean() < 3  # resampled through a 64 px crop: close to, not equal to, the input
+  with pytest.raises(JaxswapError, match="--passthrough"):
+    convert.convert(path, tiny_run, str(tmp_path / "x.mp4"),
+                    dataclasses.replace(opts, mask="learned"), alignments_path=doc,
+                    progress=False)
 
 
 @needs_ffmpeg
