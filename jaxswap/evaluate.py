@@ -113,6 +113,7 @@ def _face_record(face: recognise.Face, src: recognise.Face, rgb: np.ndarray, nxt
   return {"box": list(face.box), "_descriptor": face.descriptor,
           "yaw_pitch_roll": [round(a, 2) for a in metrics.yaw_pitch_roll(rot)],
           "pose_error_deg": metrics.rotation_angle(rot, src_rot),
+          "relative_rotation": np.round(rot @ src_rot.T, 6).tolist(),
           "expression_error": metrics.expression_error(face.landmarks, src.landmarks),
           "sharpness": sharp, "sharpness_ratio": metrics.ratio(sharp, src_sharp),
           "change": flick, "flicker_ratio": metrics.ratio(flick, src_flick)}
@@ -265,6 +266,18 @@ def _sheet_row(p: _Pending) -> dict:
           "pose": metrics.yaw_pitch_roll(metrics.head_rotation(p.source.landmarks, h, w))}
 
 
+def _pose_bias(relative: list) -> dict:
+  """The clip's mean relative rotation (bias) and each frame's pose error once it is removed."""
+  rots = [np.asarray(r, np.float64) for r in relative if r is not None]
+  rots = [r for r in rots if np.all(np.isfinite(r))]
+  if not rots:
+    return {"pose_bias_deg": None, "pose_bias_yaw_pitch_roll": None, "pose_tracking_error_deg": None}
+  mean = metrics.mean_rotation(rots)
+  return {"pose_bias_deg": metrics.rotation_angle(mean, np.eye(3)),
+          "pose_bias_yaw_pitch_roll": [round(a, 2) for a in metrics.yaw_pitch_roll(mean)],
+          "pose_tracking_error_deg": _stats([metrics.rotation_angle(r, mean) for r in rots])}
+
+
 def _stats(values: list) -> dict | None:
   vals = [v for v in values if v is not None]
   if not vals:
@@ -288,6 +301,7 @@ def summarise(frames: list[dict]) -> dict:
     for key in ("distance_a", "distance_b", "pose_error_deg", "expression_error",
                 "sharpness_ratio", "flicker_ratio"):
       s[key] = _stats([r[key] for r in recs])
+    s.update(_pose_bias([r.get("relative_rotation") for r in recs]))
     both = [f for f in scored if f["swap"]["change"] is not None and f["source"]["change"]]
     if s["flicker_ratio"] is not None and both:
       s["flicker_ratio"]["mean"] = float(np.mean([f[col]["change"] for f in both]) /

@@ -5,7 +5,10 @@ Every measure compares the swap with the source frame it was made from, in the s
   points that stay put when the expression changes) fitted to each frame's landmarks, with the
   same pinhole camera (focal length = the longer image side, centred). The error is the angle of
   the relative rotation R_swap R_source^T (geodesic distance on SO(3), degrees), which counts yaw,
-  pitch and roll together and does not depend on an Euler-angle convention.
+  pitch and roll together and does not depend on an Euler-angle convention. Over a clip, the
+  mean of the relative rotations is the pose *bias* (a constant offset: a face of other
+  proportions, e.g. A's longer nose, reads as a tilt in every frame); the error left once it is
+  removed is how well the swap *follows* the head's motion.
 - expression: eye and mouth landmarks (36-47, 48-67) of the swap mapped onto the source's by a
   least-squares similarity (Umeyama), then the mean point distance divided by the source's
   inter-ocular distance (outer eye corners 36-45, the 300-W convention). A different head position
@@ -54,6 +57,13 @@ def rotation_angle(a: np.ndarray, b: np.ndarray) -> float:
   """Degrees of the rotation taking b to a."""
   cos = (np.trace(a @ b.T) - 1.0) / 2.0
   return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def mean_rotation(rotations) -> np.ndarray:
+  """The chordal L2 mean of 3x3 rotations: their average projected back onto SO(3) (SVD)."""
+  u, _, vt = np.linalg.svd(np.mean(np.asarray(rotations, np.float64), axis=0))
+  d = np.sign(np.linalg.det(u @ vt))
+  return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
 def yaw_pitch_roll(rotation: np.ndarray) -> tuple[float, float, float]:

@@ -18,6 +18,7 @@ _ROWS = (  # (label, summary key, format)
     ("identity distance to A", "distance_a", "{:.3f}"),
     ("identity distance to B", "distance_b", "{:.3f}"),
     ("head-pose error (deg)", "pose_error_deg", "{:.2f}"),
+    ("  the same, bias removed (deg)", "pose_tracking_error_deg", "{:.2f}"),
     ("expression error (inter-ocular)", "expression_error", "{:.4f}"),
     ("sharpness ratio (swap / source)", "sharpness_ratio", "{:.3f}"),
     ("flicker ratio (swap / source)", "flicker_ratio", "{:.3f}"),
@@ -42,8 +43,14 @@ def table(result: dict) -> str:
   frac = [s[c]["recognised_as_a"] for c in ("swap", "source")]
   cells = ["-" if f is None else f"{100 * f:.1f} %" for f in frac]
   lines.append(f"{'recognised as A':34}{cells[0]:>22}{cells[1]:>22}")
+  bias = ["-" if s[c].get("pose_bias_yaw_pitch_roll") is None
+          else "{:.1f} / {:.1f} / {:.1f}".format(*s[c]["pose_bias_yaw_pitch_roll"])
+          for c in ("swap", "source")]
   for label, key, fmt in _ROWS:
-    lines.append(f"{label:34}{_cell(s['swap'][key], fmt):>22}{_cell(s['source'][key], fmt):>22}")
+    lines.append(f"{label:34}{_cell(s['swap'].get(key), fmt):>22}"
+                 f"{_cell(s['source'].get(key), fmt):>22}")
+    if key == "pose_error_deg":
+      lines.append(f"{'  its bias: yaw / pitch / roll':34}{bias[0]:>22}{bias[1]:>22}")
   refs = result["references"]
   lines += ["(cells: mean / median; recognised as A = closer to A than to B and distance < "
             f"{settings['same_person_threshold']})",
