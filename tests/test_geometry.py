@@ -112,6 +112,14 @@ def test_convex_hull_matches_scipy():
   assert 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) > 0
 
 
+def test_convex_hull_drops_collinear_points_and_starts_lowest():
+  square = np.array([[4, 0], [0, 0], [4, 4], [2, 0], [0, 4], [0, 2], [1, 1], [4, 4]], float)
+  np.testing.assert_array_equal(g.convex_hull(square), [[0, 0], [4, 0], [4, 4], [0, 4]])
+  line = np.array([[3, 1], [17, 7], [10, 4]], float)  # all on one line: its two ends
+  np.testing.assert_array_equal(g.convex_hull(line), [[3, 1], [17, 7]])
+  assert len(g.convex_hull(np.array([[1, 1], [1, 1]], float))) == 1
+
+
 def test_fill_convex_counts_pixel_centres():
   rect = np.array([[2, 3], [10, 3], [10, 8], [2, 8]], float)
   mask = g.fill_convex(g.convex_hull(rect), 20, 20)

@@ -26,6 +26,7 @@ edges; smaller values leave a margin of background around the face.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 NUM_LANDMARKS = 478  # mediapipe face_mesh with refine_landmarks=True (468 + 2 x 5 iris points)
@@ -165,24 +166,22 @@ def matrix_angle(matrix: np.ndarray) -> float:
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
-  """Counter-clockwise (in x-right, y-down pixels: clockwise on screen) hull, Andrew's chain."""
-  pts = np.unique(np.asarray(points, np.float64).reshape(-1, 2), axis=0)
+  """Counter-clockwise (in x-right, y-down pixels: clockwise on screen) hull without collinear
+  points, starting at the lowest (x, y): the output of Andrew's monotone chain.
+
+  OpenCV finds which points are on the hull (conversion draws several per face, and a Python
+  chain cost ~0.15 ms each); the points themselves stay float64.
+  """
+  pts = np.asarray(points, np.float64).reshape(-1, 2)
   if len(pts) < 3:
-    return pts
-
-  def half(seq):
-    out: list[np.ndarray] = []
-    for p in seq:
-      while len(out) >= 2 and _cross(out[-2], out[-1], p) <= 0:
-        out.pop()
-      out.append(p)
-    return out[:-1]
-
-  return np.array(half(pts) + half(pts[::-1]))
-
-
-def _cross(o, a, b) -> float:
-  return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    return np.unique(pts, axis=0)
+  hull = pts[cv2.convexHull(pts.astype(np.float32), returnPoints=False)[:, 0]]
+  if len(hull) < 3:  # all points on one line: its two ends
+    return np.unique(hull, axis=0)
+  x, y = hull[:, 0], hull[:, 1]
+  if np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y) < 0:
+    hull = hull[::-1]
+  return np.roll(hull, -np.lexsort((hull[:, 1], hull[:, 0]))[0], axis=0)
 
 
 def fill_convex(hull: np.ndarray, height: int, width: int) -> np.ndarray:
