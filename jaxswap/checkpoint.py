@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -313,6 +314,27 @@ class _OrbaxErrors(logging.Filter):
     return not str(record.msg).startswith("Given directory is read only")  # we asked for it
 
 
+def _from_orbax(exc: BaseException | None) -> bool:
+  """Whether an exception (or one it chains from) was raised inside orbax's code."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+class _BackgroundEchoes(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" logs of orbax reads left in flight."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+
+
 def _quiet_orbax() -> None:
   """A failed read or write leaves TensorStore operations in flight; when they finish, their
   callbacks find orbax's event loop closed and print tracebacks (at random moments, often at
@@ -321,9 +343,13 @@ def _quiet_orbax() -> None:
   absl_logger = logging.getLogger("absl")
   if not any(isinstance(f, _OrbaxErrors) for f in absl_logger.filters):
     absl_logger.addFilter(_OrbaxErrors())
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _BackgroundEchoes) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_BackgroundEchoes())
   if getattr(sys.excepthook, "_jaxswap", False):
     return
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+  thread_hook = threading.excepthook
 
   def late(exc) -> bool:
     return exc is not None and any(m in str(exc) for m in _LATE_IO_ERRORS)
@@ -336,8 +362,13 @@ def _quiet_orbax() -> None:
     if not late(info.exc_value):
       unraisablehook(info)
 
+  def on_thread_exception(args):
+    if not (late(args.exc_value) or _from_orbax(args.exc_value)):
+      thread_hook(args)
+
   on_exception._jaxswap = True  # type: ignore[attr-defined]
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+  threading.excepthook = on_thread_exception
 
 
 def _listdir(path: str) -> list[str]:

@@ -344,3 +344,31 @@ def test_determinism_leaves_cpu_runs_alone(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
   assert recovery.apply_determinism(True) is False
   assert "deterministic" not in os.environ["XLA_FLAGS"]
+
+
+def test_orbax_background_echoes_are_dropped_and_others_kept():
+  """A read left in flight when a damaged step is refused must not print a traceback later."""
+  from jaxswap import checkpoint  # pylint: disable=g-import-not-at-top
+  namespace: dict = {}
+  exec(compile("def read():\n  raise ValueError('byte range not valid')\n",  # noqa: S102
+               os.path.join(os.sep, "site", "orbax", "serialization.py"), "exec"), namespace)
+  try:
+    namespace["read"]()
+  except ValueError as e:
+    orbax_error = e
+  try:
+    raise ValueError("ours")
+  except ValueError as e:
+    other_error = e
+  drop = checkpoint._BackgroundEchoes()  # pylint: disable=protected-access
+
+  def record(exc):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never "
+                             "retrieved", None, (type(exc), exc, exc.__traceback__))
+
+  assert not drop.filter(record(orbax_error))
+  assert drop.filter(record(other_error))
+  try:
+    raise RuntimeError("wrapper") from orbax_error
+  except RuntimeError as e:
+    assert checkpoint._from_orbax(e)  # pylint: disable=protected-access
