@@ -251,6 +251,7 @@ def evaluate(swapped: str, source: str, identity: str, identity_b: str | None = 
       "summary": summarise(frames),
       "frames": frames,
   }
+  result["summary"]["source_outside_a_poses"] = pose_coverage(frames, ref_a["poses"])
   result["references"]["b"]["from"] = "--identity-b" if identity_b else "--source"
   if sheet_rows:
     result["_sheet"] = {"rows": [rows[k] for k in sorted(rows)], "a_crops": ref_a["crops"],
@@ -278,6 +279,21 @@ def _pose_bias(relative: list) -> dict:
           "pose_tracking_error_deg": _stats([metrics.rotation_angle(r, mean) for r in rots])}
 
 
+def pose_coverage(frames: list[dict], a_poses: list) -> dict | None:
+  """How many of the source's faces are posed outside the yaw/pitch span of A's reference faces.
+
+  A's decoder can only draw the poses A's footage shows; where B turns further, the swap holds
+  the nearest pose it knows. The span is of the (up to REFERENCE_FACES) faces sampled from
+  --identity, widened by 5 degrees, so it is a rough guide, not a census of A's footage.
+  """
+  span = metrics.pose_range(a_poses)
+  poses = [f["source"]["yaw_pitch_roll"] for f in frames
+           if f["source"] and "yaw_pitch_roll" in f["source"]]
+  if span is None or not poses:
+    return None
+  return {"fraction": metrics.outside_fraction(poses, span), "frames": len(poses), "a_span": span}
+
+
 def _stats(values: list) -> dict | None:
   vals = [v for v in values if v is not None]
   if not vals:
@@ -302,6 +318,9 @@ def summarise(frames: list[dict]) -> dict:
                 "sharpness_ratio", "flicker_ratio"):
       s[key] = _stats([r[key] for r in recs])
     s.update(_pose_bias([r.get("relative_rotation") for r in recs]))
+    posed = [f for f in scored if "yaw_pitch_roll" in f["source"] and "yaw_pitch_roll" in f[col]]
+    s["pose_follow_yaw_pitch_roll"] = metrics.follow_slopes(
+        [f["source"]["yaw_pitch_roll"] for f in posed], [f[col]["yaw_pitch_roll"] for f in posed])
     both = [f for f in scored if f["swap"]["change"] is not None and f["source"]["change"]]
     if s["flicker_ratio"] is not None and both:
       s["flicker_ratio"]["mean"] = float(np.mean([f[col]["change"] for f in both]) /

@@ -6,9 +6,12 @@ Every measure compares the swap with the source frame it was made from, in the s
   same pinhole camera (focal length = the longer image side, centred). The error is the angle of
   the relative rotation R_swap R_source^T (geodesic distance on SO(3), degrees), which counts yaw,
   pitch and roll together and does not depend on an Euler-angle convention. Over a clip, the
-  mean of the relative rotations is the pose *bias* (a constant offset: a face of other
-  proportions, e.g. A's longer nose, reads as a tilt in every frame); the error left once it is
-  removed is how well the swap *follows* the head's motion.
+  mean of the relative rotations is the pose *bias* (a constant offset in every frame); the error
+  left once it is removed is how far the swap strays from the head's motion. Per axis, the
+  *follow* slope (swap angle regressed on source angle) says how much of the motion the swap
+  makes: 1 turns with the head, 0 stays put. A decoder that never saw a pose (A's footage lacks
+  it) draws the nearest one it knows, which shows as a slope well below 1 on that axis and a
+  bias; `outside_fraction` counts the source frames posed outside the range of A's footage.
 - expression: eye and mouth landmarks (36-47, 48-67) of the swap mapped onto the source's by a
   least-squares similarity (Umeyama), then the mean point distance divided by the source's
   inter-ocular distance (outer eye corners 36-45, the 300-W convention). A different head position
@@ -70,6 +73,48 @@ def yaw_pitch_roll(rotation: np.ndarray) -> tuple[float, float, float]:
   """Euler angles in degrees (for reading a frame's pose, not for errors: they wrap)."""
   pitch, yaw, roll = cv2.RQDecomp3x3(rotation)[0]
   return float(yaw), float(pitch), float(roll)
+
+
+def follow_slopes(source_angles, swap_angles, min_spread: float = 1.0) -> list:
+  """Per axis (yaw, pitch, roll): the least-squares slope of the swap's angle on the source's.
+
+  1 when the swap turns as the source does, 0 when it holds one pose whatever the head does.
+  None for an axis on which the source moves less than `min_spread` degrees (standard
+  deviation) or when fewer than 3 frames have both poses: there is nothing to follow.
+  """
+  src, swap = (np.asarray(a, np.float64).reshape(-1, 3) for a in (source_angles, swap_angles))
+  ok = np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(swap), axis=1)
+  src, swap = src[ok], swap[ok]
+  slopes = []
+  for k in range(3):
+    x = src[:, k] - src[:, k].mean() if len(src) else src[:, k]
+    if len(src) < 3 or x.std() < min_spread:
+      slopes.append(None)
+      continue
+    slopes.append(float(x @ (swap[:, k] - swap[:, k].mean()) / (x @ x)))
+  return slopes
+
+
+def pose_range(angles, margin: float = 5.0) -> dict | None:
+  """The yaw and pitch span of a set of (yaw, pitch, roll) poses, widened by `margin` degrees."""
+  a = np.asarray(angles, np.float64).reshape(-1, 3)
+  a = a[np.all(np.isfinite(a), axis=1)]
+  if not len(a):
+    return None
+  return {"yaw": [float(a[:, 0].min() - margin), float(a[:, 0].max() + margin)],
+          "pitch": [float(a[:, 1].min() - margin), float(a[:, 1].max() + margin)],
+          "margin_deg": margin}
+
+
+def outside_fraction(angles, span: dict) -> float | None:
+  """The fraction of poses whose yaw or pitch lies outside `span` (from pose_range)."""
+  a = np.asarray(angles, np.float64).reshape(-1, 3)
+  a = a[np.all(np.isfinite(a), axis=1)]
+  if not len(a):
+    return None
+  inside = ((a[:, 0] >= span["yaw"][0]) & (a[:, 0] <= span["yaw"][1]) &
+            (a[:, 1] >= span["pitch"][0]) & (a[:, 1] <= span["pitch"][1]))
+  return float(1.0 - inside.mean())
 
 
 def inter_ocular(points: np.ndarray) -> float:

@@ -51,7 +51,18 @@ def table(result: dict) -> str:
                  f"{_cell(s['source'].get(key), fmt):>22}")
     if key == "pose_error_deg":
       lines.append(f"{'  its bias: yaw / pitch / roll':34}{bias[0]:>22}{bias[1]:>22}")
+    if key == "pose_tracking_error_deg":
+      follow = [" / ".join(_fmt(v, "{:.2f}") for v in s[c].get("pose_follow_yaw_pitch_roll")
+                           or (None,) * 3) for c in ("swap", "source")]
+      lines.append(f"{'  follows the head: yaw/pitch/roll':34}{follow[0]:>22}{follow[1]:>22}")
   refs = result["references"]
+  cover = s.get("source_outside_a_poses")
+  if cover is not None:
+    span = cover["a_span"]
+    lines.append(f"source faces posed outside A's footage: {100 * cover['fraction']:.0f} % of "
+                 f"{cover['frames']} (A's yaw {span['yaw'][0]:.0f}..{span['yaw'][1]:.0f}, pitch "
+                 f"{span['pitch'][0]:.0f}..{span['pitch'][1]:.0f} deg, with "
+                 f"{span['margin_deg']:.0f} deg to spare)")
   lines += ["(cells: mean / median; recognised as A = closer to A than to B and distance < "
             f"{settings['same_person_threshold']})",
             f"references: A {refs['a']['faces']} faces in {refs['a']['looked_at']} frames "

@@ -106,6 +106,29 @@ def test_mean_rotation_separates_a_constant_offset_from_motion():
   assert np.mean([m.rotation_angle(r, np.eye(3)) for r in relative]) > 7.0
 
 
+def test_follow_slopes_tell_a_held_pose_from_a_followed_one():
+  rng = np.random.default_rng(0)
+  src = np.stack([rng.uniform(-20, 20, 30), rng.uniform(-10, 25, 30), np.full(30, 2.0)], 1)
+  swap = np.stack([src[:, 0] + 1.0,  # yaw followed (and offset: the slope ignores the offset)
+                   0.3 * src[:, 1] - 12.0,  # pitch mostly held
+                   src[:, 2] + rng.normal(0, 0.2, 30)], 1)  # roll: the source does not move
+  swap[4] = np.nan  # a frame without a pose is left out
+  yaw, pitch, roll = m.follow_slopes(src, swap)
+  assert yaw == pytest.approx(1.0) and pitch == pytest.approx(0.3) and roll is None
+  assert m.follow_slopes(src[:2], swap[:2]) == [None, None, None]
+
+
+def test_source_poses_outside_a_are_counted():
+  span = m.pose_range([[-5.0, -10.0, 0.0], [5.0, 0.0, 3.0]], margin=5.0)
+  assert span["yaw"] == [-10.0, 10.0] and span["pitch"] == [-15.0, 5.0]
+  poses = [[0.0, 0.0, 0.0], [0.0, 20.0, 0.0], [-12.0, 0.0, 0.0], [9.0, 4.0, 40.0]]
+  assert m.outside_fraction(poses, span) == pytest.approx(0.5)  # roll is not A's to cover
+  frames = [{"source": {"yaw_pitch_roll": p}} for p in poses] + [{"source": None}]
+  cover = evaluate.pose_coverage(frames, [[-5.0, -10.0, 0.0], [5.0, 0.0, 3.0]])
+  assert cover["fraction"] == pytest.approx(0.5) and cover["frames"] == 4
+  assert evaluate.pose_coverage(frames, []) is None
+
+
 def test_expression_error_ignores_similarity_and_measures_mouth():
   rng = np.random.default_rng(0)
   points = rng.uniform(0, 100, (68, 2))
@@ -175,9 +198,11 @@ def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
   out_json, sheet = str(tmp_path / "r.json"), str(tmp_path / "sheet.png")
   evaluate.main(["--swapped", clip, "--source", clip, "--identity", clip,
                  "--json", out_json, "--sheet", sheet, "--sheet-rows", "3"])
-  assert "recognised as A" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "recognised as A" in out and "posed outside A's footage: 0 %" in out
   result = json.load(open(out_json))
   s = result["summary"]
+  assert s["source_outside_a_poses"]["fraction"] == 0.0  # A's references are these very faces
   assert s["frames_evaluated"] == FRAMES and s["swap"]["face_found"] == FRAMES
   for col in ("swap", "source"):
     assert s[col]["distance_a"]["mean"] < 0.1  # the clip against its own mean descriptor
