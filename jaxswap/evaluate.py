@@ -32,6 +32,7 @@ from jaxswap import evaluate_report
 from jaxswap import recognise
 from jaxswap import video
 from jaxswap.errors import JaxswapError
+from jaxswap.faces import pose
 
 REFERENCE_FACES = 30
 SHEET_CROP = evaluate_report.CROP
@@ -90,8 +91,8 @@ def reference(path: str, flag: str, num_jitters: int) -> dict:
       continue
     face = recognise.analyse(rgb, num_jitters=num_jitters)
     if face is not None:
-      rot = metrics.head_rotation(face.landmarks, *rgb.shape[:2])
-      faces.append((i, face, crop(rgb, face.box, SHEET_CROP), metrics.yaw_pitch_roll(rot)))
+      rot = pose.head_rotation(face.landmarks, *rgb.shape[:2])
+      faces.append((i, face, crop(rgb, face.box, SHEET_CROP), pose.yaw_pitch_roll(rot)))
   if not faces:
     raise JaxswapError(f"no face found in {flag} {path} (looked at {len(picks)} frames); give a "
                        "video or photos in which the person's face is visible and frontal")
@@ -106,12 +107,12 @@ def _face_record(face: recognise.Face, src: recognise.Face, rgb: np.ndarray, nxt
                  src_rgb: np.ndarray, src_next: np.ndarray | None, region) -> dict:
   """One column (swap or source) of a frame, measured against the source frame."""
   h, w = rgb.shape[:2]
-  rot, src_rot = (metrics.head_rotation(f.landmarks, h, w) for f in (face, src))
+  rot, src_rot = (pose.head_rotation(f.landmarks, h, w) for f in (face, src))
   sharp, src_sharp = metrics.sharpness(rgb, region), metrics.sharpness(src_rgb, region)
   flick = metrics.change(rgb, nxt, region) if nxt is not None else None
   src_flick = metrics.change(src_rgb, src_next, region) if src_next is not None else None
   return {"box": list(face.box), "_descriptor": face.descriptor,
-          "yaw_pitch_roll": [round(a, 2) for a in metrics.yaw_pitch_roll(rot)],
+          "yaw_pitch_roll": [round(a, 2) for a in pose.yaw_pitch_roll(rot)],
           "pose_error_deg": metrics.rotation_angle(rot, src_rot),
           "relative_rotation": np.round(rot @ src_rot.T, 6).tolist(),
           "expression_error": metrics.expression_error(face.landmarks, src.landmarks),
@@ -264,7 +265,7 @@ def _sheet_row(p: _Pending) -> dict:
   h, w = p.source_rgb.shape[:2]
   return {"frame": p.frame, "source": crop(p.source_rgb, p.source.box, SHEET_CROP),
           "swap": crop(p.swap_rgb, p.source.box, SHEET_CROP),
-          "pose": metrics.yaw_pitch_roll(metrics.head_rotation(p.source.landmarks, h, w))}
+          "pose": pose.yaw_pitch_roll(pose.head_rotation(p.source.landmarks, h, w))}
 
 
 def _pose_bias(relative: list) -> dict:
@@ -275,7 +276,7 @@ def _pose_bias(relative: list) -> dict:
     return {"pose_bias_deg": None, "pose_bias_yaw_pitch_roll": None, "pose_tracking_error_deg": None}
   mean = metrics.mean_rotation(rots)
   return {"pose_bias_deg": metrics.rotation_angle(mean, np.eye(3)),
-          "pose_bias_yaw_pitch_roll": [round(a, 2) for a in metrics.yaw_pitch_roll(mean)],
+          "pose_bias_yaw_pitch_roll": [round(a, 2) for a in pose.yaw_pitch_roll(mean)],
           "pose_tracking_error_deg": _stats([metrics.rotation_angle(r, mean) for r in rots])}
 
 
@@ -286,12 +287,12 @@ def pose_coverage(frames: list[dict], a_poses: list) -> dict | None:
   the nearest pose it knows. The span is of the (up to REFERENCE_FACES) faces sampled from
   --identity, widened by 5 degrees, so it is a rough guide, not a census of A's footage.
   """
-  span = metrics.pose_range(a_poses)
+  span = pose.pose_range(a_poses)
   poses = [f["source"]["yaw_pitch_roll"] for f in frames
            if f["source"] and "yaw_pitch_roll" in f["source"]]
   if span is None or not poses:
     return None
-  return {"fraction": metrics.outside_fraction(poses, span), "frames": len(poses), "a_span": span}
+  return {"fraction": pose.outside_fraction(poses, span), "frames": len(poses), "a_span": span}
 
 
 def _stats(values: list) -> dict | None:

@@ -1,9 +1,9 @@
 """What the evaluator measures on a pair of frames, from 68-point landmarks and pixels (no dlib).
 
 Every measure compares the swap with the source frame it was made from, in the same place:
-- head pose: the rotation solvePnP finds for a generic 3D face (eye corners, nose, mouth corners:
-  points that stay put when the expression changes) fitted to each frame's landmarks, with the
-  same pinhole camera (focal length = the longer image side, centred). The error is the angle of
+- head pose (`jaxswap.faces.pose`): the rotation solvePnP finds for a generic 3D face (eye
+  corners, nose, mouth corners: points that stay put when the expression changes) fitted to each
+  frame's landmarks, with the same pinhole camera (focal length = the longer image side, centred). The error is the angle of
   the relative rotation R_swap R_source^T (geodesic distance on SO(3), degrees), which counts yaw,
   pitch and roll together and does not depend on an Euler-angle convention. Over a clip, the
   mean of the relative rotations is the pose *bias* (a constant offset in every frame); the error
@@ -11,7 +11,7 @@ Every measure compares the swap with the source frame it was made from, in the s
   *follow* slope (swap angle regressed on source angle) says how much of the motion the swap
   makes: 1 turns with the head, 0 stays put. A decoder that never saw a pose (A's footage lacks
   it) draws the nearest one it knows, which shows as a slope well below 1 on that axis and a
-  bias; `outside_fraction` counts the source frames posed outside the range of A's footage.
+  bias; `pose.outside_fraction` counts the source frames posed outside the span of A's footage.
 - expression: eye and mouth landmarks (36-47, 48-67) of the swap mapped onto the source's by a
   least-squares similarity (Umeyama), then the mean point distance divided by the source's
   inter-ocular distance (outer eye corners 36-45, the 300-W convention). A different head position
@@ -28,32 +28,7 @@ import numpy as np
 
 from jaxswap.faces import geometry
 
-# A generic head in millimetres (x to the image's right, y down, z away from the camera): typical
-# adult proportions, with the in-plane layout set to the mean of dlib landmarks of near-frontal
-# faces. Only its rough shape matters: the evaluator compares two poses fitted with the same model.
-POSE_MODEL = {
-    36: (-44.0, 0.0, 12.0), 39: (-19.0, 2.0, 2.0), 42: (19.0, 2.0, 2.0), 45: (44.0, 0.0, 12.0),
-    27: (0.0, -4.0, -4.0), 30: (0.0, 35.0, -24.0), 31: (-14.0, 43.0, -8.0), 33: (0.0, 48.0, -12.0),
-    35: (14.0, 43.0, -8.0), 48: (-25.0, 72.0, 4.0), 54: (25.0, 72.0, 4.0),
-}
-POSE_POINTS = np.array(list(POSE_MODEL), np.int64)
-POSE_OBJECT = np.array(list(POSE_MODEL.values()), np.float64)
 EXPRESSION_POINTS = np.arange(36, 68)
-
-
-def camera(height: int, width: int) -> np.ndarray:
-  f = float(max(height, width))
-  return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], np.float64)
-
-
-def head_rotation(points: np.ndarray, height: int, width: int) -> np.ndarray:
-  """3x3 rotation of the generic head that projects onto these 68 landmarks."""
-  image = np.asarray(points, np.float64)[POSE_POINTS]
-  ok, rvec, _ = cv2.solvePnP(POSE_OBJECT, image, camera(height, width), None,
-                             flags=cv2.SOLVEPNP_SQPNP)
-  if not ok:
-    ok, rvec, _ = cv2.solvePnP(POSE_OBJECT, image, camera(height, width), None)
-  return cv2.Rodrigues(rvec)[0] if ok else np.full((3, 3), np.nan)
 
 
 def rotation_angle(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,12 +42,6 @@ def mean_rotation(rotations) -> np.ndarray:
   u, _, vt = np.linalg.svd(np.mean(np.asarray(rotations, np.float64), axis=0))
   d = np.sign(np.linalg.det(u @ vt))
   return u @ np.diag([1.0, 1.0, d]) @ vt
-
-
-def yaw_pitch_roll(rotation: np.ndarray) -> tuple[float, float, float]:
-  """Euler angles in degrees (for reading a frame's pose, not for errors: they wrap)."""
-  pitch, yaw, roll = cv2.RQDecomp3x3(rotation)[0]
-  return float(yaw), float(pitch), float(roll)
 
 
 def follow_slopes(source_angles, swap_angles, min_spread: float = 1.0) -> list:
@@ -93,28 +62,6 @@ def follow_slopes(source_angles, swap_angles, min_spread: float = 1.0) -> list:
       continue
     slopes.append(float(x @ (swap[:, k] - swap[:, k].mean()) / (x @ x)))
   return slopes
-
-
-def pose_range(angles, margin: float = 5.0) -> dict | None:
-  """The yaw and pitch span of a set of (yaw, pitch, roll) poses, widened by `margin` degrees."""
-  a = np.asarray(angles, np.float64).reshape(-1, 3)
-  a = a[np.all(np.isfinite(a), axis=1)]
-  if not len(a):
-    return None
-  return {"yaw": [float(a[:, 0].min() - margin), float(a[:, 0].max() + margin)],
-          "pitch": [float(a[:, 1].min() - margin), float(a[:, 1].max() + margin)],
-          "margin_deg": margin}
-
-
-def outside_fraction(angles, span: dict) -> float | None:
-  """The fraction of poses whose yaw or pitch lies outside `span` (from pose_range)."""
-  a = np.asarray(angles, np.float64).reshape(-1, 3)
-  a = a[np.all(np.isfinite(a), axis=1)]
-  if not len(a):
-    return None
-  inside = ((a[:, 0] >= span["yaw"][0]) & (a[:, 0] <= span["yaw"][1]) &
-            (a[:, 1] >= span["pitch"][0]) & (a[:, 1] <= span["pitch"][1]))
-  return float(1.0 - inside.mean())
 
 
 def inter_ocular(points: np.ndarray) -> float:

@@ -33,7 +33,7 @@ from jaxswap import configs, extract
 from jaxswap.data import datasets
 from jaxswap.data.datasets import IDENTITIES, SPLITS, face_example, split_name, validation_start
 from jaxswap.errors import JaxswapError
-from jaxswap.faces import alignments, geometry
+from jaxswap.faces import alignments, geometry, pose
 
 NAME = datasets.FACES_NAME
 
@@ -95,6 +95,34 @@ def split_refs(refs: Sequence[FaceRef], fraction: float, gap: int) -> dict[str, 
   train_frames = set(frames[:max(1, start - gap)])
   return {"train": [r for r in refs if r.frame in train_frames],
           "validation": [r for r in refs if r.frame >= first_val]}
+
+
+def face_pose(ref: FaceRef) -> tuple[float, float, float]:
+  """(yaw, pitch, roll) in degrees of the generic head fitted to a face's crop landmarks."""
+  return pose.yaw_pitch_roll(pose.head_rotation(ref.landmarks, ref.crop_size, ref.crop_size,
+                                                pose.MEDIAPIPE478))
+
+
+def pose_coverage(a_refs: Sequence[FaceRef], b_refs: Sequence[FaceRef],
+                  margin: float = 5.0, tail: float = 0.01) -> dict | None:
+  """How many of B's faces are posed beyond the span of A's, and which way.
+
+  A's decoder learns to draw the poses A's footage shows; when B turns or looks further, the
+  swap holds the nearest pose A's decoder knows (`jaxswap-evaluate` then shows pitch or yaw not
+  followed). The span leaves out the outer `tail` of A's poses on each side and adds `margin`
+  degrees. Directions are the image's: yaw > 0 turns the face towards the image's left, pitch
+  > 0 looks down.
+  """
+  a = np.array([face_pose(r) for r in a_refs], np.float64).reshape(-1, 3)
+  b = np.array([face_pose(r) for r in b_refs], np.float64).reshape(-1, 3)
+  span = pose.pose_range(a, margin, tail)
+  b = b[np.all(np.isfinite(b), axis=1)]
+  if span is None or not len(b):
+    return None
+  beyond = {"down": b[:, 1] > span["pitch"][1], "up": b[:, 1] < span["pitch"][0],
+            "left": b[:, 0] > span["yaw"][1], "right": b[:, 0] < span["yaw"][0]}
+  return {"b_outside_a": pose.outside_fraction(b, span), "b_faces": len(b), "a_span": span,
+          "b_beyond": {k: float(v.mean()) for k, v in beyond.items()}}
 
 
 def load_example(ref: FaceRef, image_size: int) -> tuple[str, dict]:
@@ -194,8 +222,10 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
   datasets.build_faces_dataset(data_dir, plan, lambda r: load_example(r, image_size),
                                num_landmarks=geometry.NUM_LANDMARKS, metadata=metadata,
                                num_shards=shards, workers=workers)
+  by_identity = {i: [r for s in SPLITS for r in plan[split_name(s, i)]] for i in IDENTITIES}
   return {"name": NAME, "built": built, "splits": counts, "dropped": dropped,
-          "shards": shards, "path": version_dir}
+          "shards": shards, "path": version_dir,
+          "pose_coverage": pose_coverage(by_identity["a"], by_identity["b"])}
 
 
 # Model input sizes of the shipped configs: the dataset's faces must match config.image_size.
@@ -287,6 +317,21 @@ def prepare(a_inputs: list[str], b_inputs: list[str], output: str, *, size: int 
   return result
 
 
+def coverage_report(cover: dict) -> str:
+  """The pose coverage as a line (and a hint when B often goes beyond A)."""
+  span, frac = cover["a_span"], cover["b_outside_a"]
+  ways = {"down": "looking down", "up": "looking up", "left": "turned to the image's left",
+          "right": "turned to the image's right"}
+  where = ", ".join(f"{ways[k]} {100 * v:.0f} %" for k, v in cover["b_beyond"].items() if v > 0)
+  line = (f"poses: A's faces span yaw {span['yaw'][0]:.0f}..{span['yaw'][1]:.0f}, pitch "
+          f"{span['pitch'][0]:.0f}..{span['pitch'][1]:.0f} deg; {100 * frac:.0f} % of B's "
+          f"{cover['b_faces']} faces lie beyond" + (f" ({where})" if where else ""))
+  if frac >= 0.1:
+    line += ("\n  A's decoder can only draw the poses A's footage shows: in those frames the swap "
+             "will not follow B's head. Add footage of A posed that way (--a may be repeated).")
+  return line
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--a", action="append", help="video or photo folder of person A")
@@ -347,6 +392,8 @@ def main(argv=None) -> int:
   for ident, why in result["dropped"].items():
     if any(why.values()):
       print(f"  dropped {ident}: " + ", ".join(f"{v} {k}" for k, v in why.items() if v))
+  if not args.pretrain and result.get("pose_coverage"):
+    print(coverage_report(result["pose_coverage"]))
   workdir = os.path.join("runs", os.path.basename(os.path.normpath(args.output)) or "faces")
   command = train_command(args.output, args.size, workdir)
   if command is None:

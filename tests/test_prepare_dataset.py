@@ -12,6 +12,7 @@ from jaxswap.data import loader
 from jaxswap.errors import JaxswapError
 from jaxswap.faces import alignments
 from jaxswap.faces import geometry as g
+from jaxswap.faces import pose
 from tests.test_extract import astronaut, similarity, write_video
 
 pytest.importorskip("skimage.data")
@@ -114,6 +115,8 @@ def test_prepare_cli_prints_the_train_command(prepared, capsys):
                                prepared["out"], "--quiet"])
   out = capsys.readouterr().out
   assert code == 0 and "unchanged, reused" in out
+  # B is A's photo turned in the image plane only: no pose A lacks.
+  assert "poses: A's faces span" in out and "0 % of B's 12 faces lie beyond" in out
   assert (f"python -m jaxswap.train --config configs/original.py --workdir runs/dataset "
           f"--config.data.dir={prepared['out']} --config.data.name=jaxswap_faces") in out
 
@@ -196,3 +199,29 @@ def test_pretrain_and_a_pair_together_are_refused(prepared, tmp_path, capsys):
   code = prepare.main(["--pretrain", prepared["video"], "--a", prepared["photos"], "--output",
                        str(tmp_path / "x"), "--quiet"])
   assert code == 2 and "--pretrain" in capsys.readouterr().err
+
+
+def posed_ref(identity: str, yaw: float, pitch: float, size: int = 256) -> prepare.FaceRef:
+  """A face whose crop landmarks are the generic head turned by (yaw, pitch) degrees."""
+  rvec = cv2.Rodrigues(cv2.Rodrigues(np.array([np.radians(pitch), 0.0, 0.0]))[0] @
+                       cv2.Rodrigues(np.array([0.0, np.radians(yaw), 0.0]))[0])[0]
+  proj, _ = cv2.projectPoints(np.array(list(pose.HEAD.values())), rvec,
+                              np.array([0.0, -20.0, 300.0]), pose.camera(size, size), None)
+  landmarks = np.full((g.NUM_LANDMARKS, 2), size / 2.0)
+  landmarks[[pose.MEDIAPIPE478[k] for k in pose.HEAD]] = proj[:, 0]
+  return prepare.FaceRef(identity, "f", "s", 0, "x.png", "m.png", landmarks, size)
+
+
+def test_pose_coverage_counts_b_faces_beyond_a_and_says_which_way():
+  a = [posed_ref("a", yaw, pitch) for yaw in (-10, 0, 10) for pitch in (-5, 0, 5)]
+  b = [posed_ref("b", 0, 0), posed_ref("b", 5, 3), posed_ref("b", 0, 25), posed_ref("b", -30, 0)]
+  cover = prepare.pose_coverage(a, b, margin=5.0, tail=0.0)
+  assert cover["b_faces"] == 4 and cover["b_outside_a"] == pytest.approx(0.5)
+  assert cover["a_span"]["pitch"] == pytest.approx([-10.0, 10.0], abs=0.5)
+  assert cover["b_beyond"]["down"] == pytest.approx(0.25)  # pitch > 0 looks down
+  assert cover["b_beyond"]["right"] == pytest.approx(0.25)  # yaw < 0: towards the image's right
+  assert cover["b_beyond"]["up"] == 0.0 and cover["b_beyond"]["left"] == 0.0
+  report = prepare.coverage_report(cover)
+  assert "50 % of B's 4 faces lie beyond (looking down 25 %, turned to the image's right 25 %)" \
+      in report and "Add footage of A" in report
+  assert prepare.pose_coverage([], b) is None
