@@ -3,9 +3,10 @@
 Every measure compares the swap with the source frame it was made from, in the same place:
 - head pose (`jaxswap.faces.pose`): the rotation solvePnP finds for a generic 3D face (eye
   corners, nose, mouth corners: points that stay put when the expression changes) fitted to each
-  frame's landmarks, with the same pinhole camera (focal length = the longer image side, centred). The error is the angle of
-  the relative rotation R_swap R_source^T (geodesic distance on SO(3), degrees), which counts yaw,
-  pitch and roll together and does not depend on an Euler-angle convention. Over a clip, the
+  frame's landmarks, with the same pinhole camera (focal length = the longer image side,
+  centred). The error is the angle of the relative rotation R_swap R_source^T (geodesic distance
+  on SO(3), degrees), which counts yaw, pitch and roll together and does not depend on an
+  Euler-angle convention. Over a clip, the
   mean of the relative rotations is the pose *bias* (a constant offset in every frame); the error
   left once it is removed is how far the swap strays from the head's motion. Per axis, the
   *follow* slope (swap angle regressed on source angle) says how much of the motion the swap
@@ -53,15 +54,11 @@ def follow_slopes(source_angles, swap_angles, min_spread: float = 1.0) -> list:
   """
   src, swap = (np.asarray(a, np.float64).reshape(-1, 3) for a in (source_angles, swap_angles))
   ok = np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(swap), axis=1)
-  src, swap = src[ok], swap[ok]
-  slopes = []
-  for k in range(3):
-    x = src[:, k] - src[:, k].mean() if len(src) else src[:, k]
-    if len(src) < 3 or x.std() < min_spread:
-      slopes.append(None)
-      continue
-    slopes.append(float(x @ (swap[:, k] - swap[:, k].mean()) / (x @ x)))
-  return slopes
+  if ok.sum() < 3:
+    return [None, None, None]
+  x, y = src[ok] - src[ok].mean(0), swap[ok] - swap[ok].mean(0)
+  return [float(x[:, k] @ y[:, k] / (x[:, k] @ x[:, k])) if x[:, k].std() >= min_spread else None
+          for k in range(3)]
 
 
 def inter_ocular(points: np.ndarray) -> float:

@@ -110,19 +110,16 @@ def pose_coverage(a_refs: Sequence[FaceRef], b_refs: Sequence[FaceRef],
   A's decoder learns to draw the poses A's footage shows; when B turns or looks further, the
   swap holds the nearest pose A's decoder knows (`jaxswap-evaluate` then shows pitch or yaw not
   followed). The span leaves out the outer `tail` of A's poses on each side and adds `margin`
-  degrees. Directions are the image's: yaw > 0 turns the face towards the image's left, pitch
-  > 0 looks down.
+  degrees; the directions are `pose.beyond`'s.
   """
-  a = np.array([face_pose(r) for r in a_refs], np.float64).reshape(-1, 3)
-  b = np.array([face_pose(r) for r in b_refs], np.float64).reshape(-1, 3)
-  span = pose.pose_range(a, margin, tail)
-  b = b[np.all(np.isfinite(b), axis=1)]
-  if span is None or not len(b):
+  span = pose.pose_range([face_pose(r) for r in a_refs], margin, tail)
+  b = [face_pose(r) for r in b_refs]
+  fraction = None if span is None else pose.outside_fraction(b, span)
+  if fraction is None:
     return None
-  beyond = {"down": b[:, 1] > span["pitch"][1], "up": b[:, 1] < span["pitch"][0],
-            "left": b[:, 0] > span["yaw"][1], "right": b[:, 0] < span["yaw"][0]}
-  return {"b_outside_a": pose.outside_fraction(b, span), "b_faces": len(b), "a_span": span,
-          "b_beyond": {k: float(v.mean()) for k, v in beyond.items()}}
+  ways = pose.beyond(b, span)
+  return {"b_outside_a": fraction, "b_faces": len(ways["down"]), "a_span": span,
+          "b_beyond": {k: float(v.mean()) for k, v in ways.items()}}
 
 
 def load_example(ref: FaceRef, image_size: int) -> tuple[str, dict]:
@@ -170,11 +167,12 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
                 image_size: int = 64, mask: str = "components", min_face: float = 0.0,
                 min_blur: float = 0.0, validation_fraction: float = 0.1,
                 validation_gap_seconds: float = 1.0, num_shards: int = 4,
-                workers: int = 2) -> dict:
+                workers: int = 2, report_poses: bool = True) -> dict:
   """Builds (or reuses, when inputs and options are unchanged) `jaxswap_faces` in data_dir.
 
   Returns {"name", "built" (False when reused), "splits": {split: count}, "dropped":
-  {identity: {reason: count}}, "shards", "path"}.
+  {identity: {reason: count}}, "shards", "path", "pose_coverage" (of B's faces by A's, see
+  `pose_coverage`; None without `report_poses`)}.
   """
   if mask not in geometry.MASK_TYPES:
     raise JaxswapError(f"mask {mask!r} is not one of {geometry.MASK_TYPES}")
@@ -222,10 +220,12 @@ def build_faces(data_dir: str, a_dirs: Sequence[str], b_dirs: Sequence[str], *,
   datasets.build_faces_dataset(data_dir, plan, lambda r: load_example(r, image_size),
                                num_landmarks=geometry.NUM_LANDMARKS, metadata=metadata,
                                num_shards=shards, workers=workers)
-  by_identity = {i: [r for s in SPLITS for r in plan[split_name(s, i)]] for i in IDENTITIES}
+  cover = None
+  if report_poses:
+    by_identity = {i: [r for s in SPLITS for r in plan[split_name(s, i)]] for i in IDENTITIES}
+    cover = pose_coverage(by_identity["a"], by_identity["b"])
   return {"name": NAME, "built": built, "splits": counts, "dropped": dropped,
-          "shards": shards, "path": version_dir,
-          "pose_coverage": pose_coverage(by_identity["a"], by_identity["b"])}
+          "shards": shards, "path": version_dir, "pose_coverage": cover}
 
 
 # Model input sizes of the shipped configs: the dataset's faces must match config.image_size.
@@ -294,7 +294,8 @@ def prepare_pretrain(inputs: list[str], output: str, *, size: int = 64,
   folders = extracted_dirs(output, "pool", inputs)
   result = build_faces(output, folders, folders, image_size=size, mask=mask,
                        min_face=size / 2 if min_face is None else min_face, min_blur=min_blur,
-                       validation_fraction=validation, num_shards=shards)
+                       validation_fraction=validation, num_shards=shards,
+                       report_poses=False)  # A and B are the same pool
   result["extracted"] = reports
   return result
 
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
   for ident, why in result["dropped"].items():
     if any(why.values()):
       print(f"  dropped {ident}: " + ", ".join(f"{v} {k}" for k, v in why.items() if v))
-  if not args.pretrain and result.get("pose_coverage"):
+  if result["pose_coverage"]:
     print(coverage_report(result["pose_coverage"]))
   workdir = os.path.join("runs", os.path.basename(os.path.normpath(args.output)) or "faces")
   command = train_command(args.output, args.size, workdir)

@@ -83,11 +83,20 @@ def pose_range(angles, margin: float = 5.0, tail: float = 0.0) -> dict | None:
           "pitch": [float(lo[1] - margin), float(hi[1] + margin)], "margin_deg": margin}
 
 
+def beyond(angles, span: dict) -> dict[str, np.ndarray]:
+  """Per direction, which (finite) poses lie past `span` (from pose_range) that way.
+
+  Directions are the image's, in this module's convention: pitch > 0 looks down, yaw > 0 turns
+  the face towards the image's left.
+  """
+  a = _finite(angles)
+  return {"down": a[:, 1] > span["pitch"][1], "up": a[:, 1] < span["pitch"][0],
+          "left": a[:, 0] > span["yaw"][1], "right": a[:, 0] < span["yaw"][0]}
+
+
 def outside_fraction(angles, span: dict) -> float | None:
   """The fraction of poses whose yaw or pitch lies outside `span` (from pose_range)."""
-  a = _finite(angles)
-  if not len(a):
+  ways = beyond(angles, span)
+  if not len(ways["down"]):
     return None
-  inside = ((a[:, 0] >= span["yaw"][0]) & (a[:, 0] <= span["yaw"][1]) &
-            (a[:, 1] >= span["pitch"][0]) & (a[:, 1] <= span["pitch"][1]))
-  return float(1.0 - inside.mean())
+  return float(np.mean(ways["down"] | ways["up"] | ways["left"] | ways["right"]))
