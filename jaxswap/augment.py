@@ -206,7 +206,7 @@ def augment(rng: jax.Array, images: jax.Array, extras: jax.Array | None, cfg: An
   batch, height, width, _ = images.shape
   if height != width:
     raise ValueError(f"augment expects square faces, got {height}x{width}")
-  k_affine, k_warp, k_color = jax.random.split(rng, 3)
+  k_affine, k_warp, k_color, k_input = jax.random.split(rng, 4)
 
   enabled = (cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0)
   if any(enabled):
@@ -226,6 +226,9 @@ def augment(rng: jax.Array, images: jax.Array, extras: jax.Array | None, cfg: An
     inputs = warp(images, _affine_coords(matrices, warped))
   else:
     inputs = targets
+  power = cfg.input_hsv
+  if power > 0:  # the network's input only: the target keeps the person's true colours
+    inputs = color_jitter(k_input, inputs, power / 2, 0.0, power / 2, power / 2)
   return Augmented(inputs=inputs, targets=targets, extras=out_extras)
 
 

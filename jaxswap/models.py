@@ -267,9 +267,14 @@ class FaceSwapAutoencoder(nn.Module):
     """Renders the faces in x as identity `to` (0 = A, 1 = B)."""
     return self.decode(self.encode(x), to)
 
+  def reconstruct(self, x_a, x_b):
+    """(out_a, out_b, code_a, code_b): each person through their own decoder, and the codes."""
+    z_a, z_b = self.encode(x_a), self.encode(x_b)
+    return self.decode(z_a, 0), self.decode(z_b, 1), z_a, z_b
+
   def __call__(self, x_a, x_b):
     """Each person reconstructed by their own decoder (the training objective)."""
-    return self.swap(x_a, 0), self.swap(x_b, 1)
+    return self.reconstruct(x_a, x_b)[:2]
 
 
 class LIAEAutoencoder(FaceSwapAutoencoder):
@@ -285,6 +290,27 @@ class LIAEAutoencoder(FaceSwapAutoencoder):
     ab = self.inter_ab(z)
     first = ab if identity == 0 else self.inter_b(z)
     return self.decoder(jnp.concatenate([first, ab], axis=-1))
+
+
+class CodeDiscriminator(nn.Module):
+  """DeepFaceLab's code discriminator (SAEHD `true_face_power`): tells A's codes from B's.
+
+  Strided convs over the shared code (one more per 8 px of its side), LeakyReLU(0.1), then a
+  1x1 conv to one logit per location. Float32 throughout: it is small and its logits feed a loss.
+  """
+  filters: int = 256
+  leak: float = 0.1
+  initializer: str = "glorot_uniform"
+
+  @nn.compact
+  def __call__(self, z):
+    x = z.astype(jnp.float32)
+    for i in range(1 + x.shape[1] // 8):
+      k = 4 if i == 0 else 3
+      x = nn.Conv(self.filters * min(2 ** i, 8), (k, k), strides=(2, 2), padding="SAME",
+                  kernel_init=kernel_init(self.initializer))(x)
+      x = nn.leaky_relu(x, self.leak)
+    return nn.Conv(1, (1, 1), kernel_init=kernel_init(self.initializer))(x)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -152,6 +152,14 @@ def resume(ckpt, init: Callable[[], Any], meta: dict, *, strict: bool, allow_con
   against this run's `meta` (architecture, config, dataset); `fresh()` (default `init()`) if
   there is none. `init` gives the state's shapes and shardings."""
   def same_network(step: int, saved: dict) -> None:
+    theirs, ours = dict(saved.get("architecture") or {}), dict(meta["architecture"])
+    disc = theirs.pop("code_discriminator", False), ours.pop("code_discriminator", False)
+    if theirs == ours and disc[0] != disc[1]:
+      raise JaxswapError(
+          f"checkpoint {ckpt.directory}/{step} was trained with loss.true_face "
+          f"{'on' if disc[0] else 'off'} and this run has it {'on' if disc[1] else 'off'}: its "
+          "code discriminator is part of the saved state. Keep the setting, or start a fresh "
+          "--workdir with --config.init_from=<this run> to carry the parameters over.")
     if saved.get("architecture") != meta["architecture"]:
       raise JaxswapError(f"checkpoint {ckpt.directory}/{step} was written by "
                          f"{saved.get('architecture')}, not {meta['architecture']}")

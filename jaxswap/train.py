@@ -39,6 +39,9 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # constant; step s draws its randomness from fold_in(rng, s)
+  # The code discriminator's parameters and optimiser state (loss.true_face > 0), else None.
+  disc_params: Any = None
+  disc_opt_state: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,12 +73,32 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   return opt
 
 
+@flax.struct.dataclass
+class Discriminator:
+  """The code discriminator of `loss.true_face` and its own optimiser (same settings)."""
+  module: models.CodeDiscriminator = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def make_discriminator(model: models.FaceSwapAutoencoder, config) -> Discriminator | None:
+  if not config.loss.true_face:
+    return None
+  return Discriminator(models.CodeDiscriminator(initializer=model.initializer),
+                       make_optimizer(config.optimizer))
+
+
 def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransformation,
-                 seed: int) -> TrainState:
+                 seed: int, disc: Discriminator | None = None) -> TrainState:
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = models.init_params(model, init_rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=train_rng)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=train_rng)
+  if disc is None:
+    return state
+  x = jnp.zeros((1, model.spec.image_size, model.spec.image_size, 3), jnp.float32)
+  code = model.apply({"params": params}, x, method=model.encode)
+  disc_params = disc.module.init(jax.random.fold_in(init_rng, 1), code)["params"]
+  return state.replace(disc_params=disc_params, disc_opt_state=disc.tx.init(disc_params))
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,8 +122,11 @@ def _prepare(rng, batch: dict, config, augmented: bool = True
                for k, i in ((k_a, "a"), (k_b, "b")))
 
 
-def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augmented):
-  out_a, out_b = model.apply({"params": params}, aug_a.inputs, aug_b.inputs)
+def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augmented,
+            disc: Discriminator | None = None, disc_params=None):
+  """Total loss and (metrics, (code_a, code_b))."""
+  out_a, out_b, code_a, code_b = model.apply({"params": params}, aug_a.inputs, aug_b.inputs,
+                                             method=model.reconstruct)
   total, metrics = 0.0, {}
   for name, out, aug in (("a", out_a, aug_a), ("b", out_b, aug_b)):
     loss, terms = losses.reconstruction_loss(
@@ -109,20 +135,47 @@ def loss_fn(params, model, config, aug_a: augment.Augmented, aug_b: augment.Augm
     total += loss
     metrics[f"loss_{name}"] = loss
     metrics.update({f"{k}_{name}": v for k, v in terms.items()})
+  if disc is not None:
+    # DeepFaceLab's true_face_power: the encoder is pushed to give A's faces codes that the
+    # discriminator takes for B's, so A's decoder learns on codes like those a swap feeds it.
+    logits = disc.module.apply({"params": disc_params}, code_a)
+    fool = optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)).mean()
+    total += config.loss.true_face * fool
+    metrics["true_face"] = fool
   metrics["loss"] = total
-  return total, metrics
+  return total, (metrics, (code_a, code_b))
+
+
+def discriminator_step(state: TrainState, disc: Discriminator, code_a, code_b):
+  """One update of the code discriminator: B's codes are real (1), A's are fake (0)."""
+  code_a, code_b = jax.lax.stop_gradient(code_a), jax.lax.stop_gradient(code_b)
+
+  def loss(p):
+    real = disc.module.apply({"params": p}, code_b)
+    fake = disc.module.apply({"params": p}, code_a)
+    return 0.5 * (optax.sigmoid_binary_cross_entropy(real, jnp.ones_like(real)).mean()
+                  + optax.sigmoid_binary_cross_entropy(fake, jnp.zeros_like(fake)).mean())
+
+  value, grads = jax.value_and_grad(loss)(state.disc_params)
+  updates, opt_state = disc.tx.update(grads, state.disc_opt_state, state.disc_params)
+  params = optax.apply_updates(state.disc_params, updates)
+  return state.replace(disc_params=params, disc_opt_state=opt_state), value
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, config,
                augmented: bool = True) -> tuple[TrainState, dict]:
   """One update on both identities. Pure: everything it depends on is in (state, batch)."""
   aug_a, aug_b = _prepare(jax.random.fold_in(state.rng, state.step), batch, config, augmented)
+  disc = make_discriminator(model, config)
   grad_fn = jax.grad(loss_fn, has_aux=True)
-  grads, metrics = grad_fn(state.params, model, config, aug_a, aug_b)
+  grads, (metrics, codes) = grad_fn(state.params, model, config, aug_a, aug_b, disc,
+                                    state.disc_params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["param_norm"] = optax.tree.norm(params)  # inf/NaN here means the update broke the net
+  if disc is not None:
+    state, metrics["true_face_d"] = discriminator_step(state, disc, *codes)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
 
@@ -140,7 +193,8 @@ def make_train_step(model, tx, config, mesh, augment: bool = True) -> Callable:
 
 def eval_losses(params, batch: dict, *, model, config) -> dict:
   """Validation: reconstruction loss on un-augmented faces."""
-  _, metrics = loss_fn(params, model, config, *_prepare(None, batch, config, augmented=False))
+  _, (metrics, _) = loss_fn(params, model, config,
+                           *_prepare(None, batch, config, augmented=False))
   return {f"val_{k}": v for k, v in metrics.items() if k.startswith("loss")}
 
 
@@ -170,6 +224,15 @@ def validate(config) -> None:
   if config.resume not in ("auto", "strict"):
     raise JaxswapError(f"--config.resume={config.resume!r}: expected auto (fall back to the newest "
                        "intact checkpoint) or strict (refuse a damaged one)")
+  if not 0.0 <= config.augment.input_hsv <= 1.0:
+    raise JaxswapError(f"--config.augment.input_hsv={config.augment.input_hsv} must lie in "
+                       "[0, 1] (DeepFaceLab's random_hsv_power; 0.05-0.3 is usual)")
+  if config.loss.true_face < 0:
+    raise JaxswapError(f"--config.loss.true_face={config.loss.true_face} must be >= 0")
+  if config.loss.true_face and models.VARIANTS[config.model.name].arch != "df":
+    raise JaxswapError(f"--config.loss.true_face={config.loss.true_face} needs a df model (one "
+                       f"decoder per person, like DeepFaceLab's); {config.model.name!r} is "
+                       f"{models.VARIANTS[config.model.name].arch}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,11 +274,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                       keep=config.keep_checkpoints)
-  meta = {"architecture": architecture(config),
+  arch = architecture(config)
+  if config.loss.true_face:  # its discriminator's arrays are part of the state
+    arch["code_discriminator"] = True
+  meta = {"architecture": arch,
           "face": loader.spec.face,  # the faces it learns: conversion crops the same way
           **recovery.record(config.to_dict(), recovery.dataset_fingerprint(
               config.data.dir, config.data.name), jax.process_count())}
-  init = jax.jit(functools.partial(create_state, model, tx, config.seed),
+  init = jax.jit(functools.partial(create_state, model, tx, config.seed,
+                                   make_discriminator(model, config)),
                  out_shardings=parallel.replicated(mesh))
   fresh = (lambda: swap.start_from(init(), config, mesh)) if config.init_from else init
   try:

@@ -263,3 +263,21 @@ def test_train_step_recolours_a_toward_b_only_with_rct(monkeypatch):
   np.testing.assert_allclose(ct_a.targets, batch["image_b"] / 255.0, atol=2e-3)
   np.testing.assert_allclose(ct_a.inputs, ct_a.targets, atol=1e-6)  # input and target alike
   np.testing.assert_array_equal(ct_b.targets, plain_b.targets)
+
+
+def test_input_hsv_recolours_the_input_only():
+  """DeepFaceLab's random_hsv_power: the network sees shifted colours, the target keeps them."""
+  x = _smooth(batch=8, seed=12)
+  cfg = _cfg(warp=False, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+  plain = aug.augment(jax.random.key(12), x, None, cfg)
+  cfg.input_hsv = 0.6
+  shifted = aug.augment(jax.random.key(12), x, None, cfg)
+  np.testing.assert_array_equal(plain.inputs, plain.targets)
+  np.testing.assert_allclose(shifted.targets, plain.targets, atol=1e-6)
+  inputs, targets = np.asarray(shifted.inputs), np.asarray(shifted.targets)
+  assert np.abs(inputs - targets).mean() > 0.01
+  # Brightness moves by at most power / 2 (before clipping), per image.
+  shift = np.abs(inputs.mean((1, 2, 3)) - targets.mean((1, 2, 3)))
+  assert shift.max() <= 0.3 + 0.02, shift
+  # Each image gets its own shift.
+  assert np.std(inputs.mean((1, 2, 3)) - targets.mean((1, 2, 3))) > 0.01

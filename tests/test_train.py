@@ -238,3 +238,81 @@ def test_init_from_starts_a_fresh_run_from_another_runs_parameters(synthetic_dat
     train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
                                          **{"model.learn_mask": True}),
                              str(tmp_path / "other"), progress=False)
+
+
+def _true_face_state(config, mesh):
+  model = models.create_model(config)
+  tx = train.make_optimizer(config.optimizer)
+  disc = train.make_discriminator(model, config)
+  state = jax.jit(lambda: train.create_state(model, tx, config.seed, disc),
+                  out_shardings=parallel.replicated(mesh))()
+  return state, train.make_train_step(model, tx, config, mesh)
+
+
+def test_true_face_moves_only_the_encoder_and_trains_its_discriminator(synthetic_data_dir):
+  """DeepFaceLab's true_face_power: the fooling term reaches the encoder, not the decoders."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  overrides = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.1}
+  batch = parallel.global_batch(
+      data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=0).batch(0), mesh)
+  off, step_off = _true_face_state(tiny_config(synthetic_data_dir, **overrides), mesh)
+  on, step_on = _true_face_state(
+      tiny_config(synthetic_data_dir, **overrides, **{"loss.true_face": 1.0}), mesh)
+  assert off.disc_params is None and on.disc_params is not None
+  for a, b in zip(jax.tree_util.tree_leaves(off.params), jax.tree_util.tree_leaves(on.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same start
+  disc_before = jax.tree_util.tree_map(np.asarray, on.disc_params)
+  off, m_off = step_off(off, batch)
+  on, m_on = step_on(on, batch)
+  assert 0.0 < float(m_on["true_face"]) and 0.0 < float(m_on["true_face_d"])
+  assert "true_face" not in m_off
+  np.testing.assert_allclose(float(m_on["loss"]), float(m_off["loss"]) + float(m_on["true_face"]),
+                             rtol=1e-5)
+  for name in ("decoder_a", "decoder_b"):
+    for a, b in zip(jax.tree_util.tree_leaves(off.params[name]),
+                    jax.tree_util.tree_leaves(on.params[name])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
+           zip(jax.tree_util.tree_leaves(off.params["encoder"]),
+               jax.tree_util.tree_leaves(on.params["encoder"]))]
+  assert max(moved) > 0
+  assert any(np.abs(np.asarray(a) - b).max() > 0 for a, b in
+             zip(jax.tree_util.tree_leaves(on.disc_params), jax.tree_util.tree_leaves(disc_before)))
+
+
+def test_code_discriminator_learns_to_tell_two_code_sets_apart():
+  config = tiny_config("", **{"loss.true_face": 1.0, "optimizer.learning_rate": 1e-3})
+  model = models.create_model(config)
+  disc = train.make_discriminator(model, config)
+  state = train.create_state(model, train.make_optimizer(config.optimizer), 0, disc)
+  rng = np.random.default_rng(0)
+  code_a = jnp.asarray(rng.normal(0.3, 1.0, (16, 8, 8, 128)), jnp.float32)
+  code_b = jnp.asarray(rng.normal(-0.3, 1.0, (16, 8, 8, 128)), jnp.float32)
+  step = jax.jit(lambda s: train.discriminator_step(s, disc, code_a, code_b))
+  state, first = step(state)
+  for _ in range(20):
+    state, last = step(state)
+  assert 0.6 < float(first) < 0.8  # about log 2 at the start: it cannot tell them apart yet
+  assert float(last) < 0.3 * float(first), (first, last)
+
+
+def test_true_face_resumes_and_refuses_to_be_toggled(synthetic_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  with_disc = lambda steps: tiny_config(synthetic_data_dir, steps=steps, **{"loss.true_face": 0.1})
+  first = train.train_and_evaluate(with_disc(2), workdir, progress=False)
+  resumed = train.train_and_evaluate(with_disc(2), workdir, progress=False)  # nothing left to do
+  for a, b in zip(jax.tree_util.tree_leaves(first.disc_opt_state),
+                  jax.tree_util.tree_leaves(resumed.disc_opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(JaxswapError, match="trained with loss.true_face on.*init_from"):
+    train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=4), workdir, progress=False,
+                             allow_config_change=True)
+
+
+def test_levers_outside_their_range_are_refused(synthetic_data_dir):
+  with pytest.raises(JaxswapError, match="input_hsv=1.5 must lie in"):
+    train.validate(tiny_config(synthetic_data_dir, **{"augment.input_hsv": 1.5}))
+  with pytest.raises(JaxswapError, match="true_face=0.1 needs a df model"):
+    train.validate(tiny_config(synthetic_data_dir, **{"loss.true_face": 0.1,
+                                                      "model.name": "liae128",
+                                                      "image_size": 128}))

@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.mask = 0.0  # MSE of the learned mask against the dataset mask
   c.loss.masked = False  # restrict the image loss to the dataset mask when present
   c.loss.eye_mouth_weight = 0.0  # extra weight on eye/mouth regions (0 disables)
+  # DeepFaceLab's true_face_power (df models): weight of a code discriminator's loss that pushes
+  # the encoder to give A's faces codes it cannot tell from B's, so A's decoder learns on the
+  # kind of code a swap feeds it. 0 disables; DeepFaceLab suggests 0.01, small data more.
+  c.loss.true_face = 0.0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.rotation_deg = 10.0
@@ -58,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.contrast = 0.1
   c.augment.saturation = 0.1
   c.augment.hue = 0.02
+  # DeepFaceLab's random_hsv_power: the network's *input* only (targets keep their colours) gets
+  # a random hue shift of up to +-power/2 turns and brightness / saturation changes of up to
+  # +-power/2, so the encoder cannot tell the people apart by colour alone. 0 disables.
+  c.augment.input_hsv = 0.0
   # DeepFaceLab's ct_mode: "rct" recolours each A face toward a random B face of the batch
   # (Reinhard, L*a*b* statistics inside the masks) before augmenting; "none" leaves colours.
   c.augment.color_transfer = "none"
