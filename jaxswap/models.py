@@ -301,14 +301,16 @@ class CodeDiscriminator(nn.Module):
   filters: int = 256
   leak: float = 0.1
   initializer: str = "glorot_uniform"
+  conv: Callable | None = None  # the strided convs' primitive, as in Encoder
 
   @nn.compact
   def __call__(self, z):
     x = z.astype(jnp.float32)
+    extra = {} if self.conv is None else {"conv_general_dilated": self.conv}
     for i in range(1 + x.shape[1] // 8):
       k = 4 if i == 0 else 3
       x = nn.Conv(self.filters * min(2 ** i, 8), (k, k), strides=(2, 2), padding="SAME",
-                  kernel_init=kernel_init(self.initializer))(x)
+                  kernel_init=kernel_init(self.initializer), **extra)(x)
       x = nn.leaky_relu(x, self.leak)
     return nn.Conv(1, (1, 1), kernel_init=kernel_init(self.initializer))(x)
 

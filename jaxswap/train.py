@@ -83,8 +83,11 @@ class Discriminator:
 def make_discriminator(model: models.FaceSwapAutoencoder, config) -> Discriminator | None:
   if not config.loss.true_face:
     return None
-  return Discriminator(models.CodeDiscriminator(initializer=model.initializer),
-                       make_optimizer(config.optimizer))
+  # DeepFaceLab's width (256) for codes of 256+ channels; narrower codes get as many filters
+  # as they have channels, so a small model does not spend its time in the discriminator.
+  module = models.CodeDiscriminator(filters=min(256, model.spec.encoder_upscale),
+                                    initializer=model.initializer, conv=model.conv)
+  return Discriminator(module, make_optimizer(config.optimizer))
 
 
 def create_state(model: models.FaceSwapAutoencoder, tx: optax.GradientTransformation,

@@ -59,3 +59,16 @@ def test_face_ssim_only_looks_inside_the_mask():
   m = synthetic_eval.image_metrics(pred, truth, mask)
   assert m["face_ssim"] == pytest.approx(1.0, abs=1e-3) and m["face_mae"] == 0
   assert m["ssim"] < m["face_ssim"] - 1e-3 and m["mae"] > 0  # the whole crop sees it
+
+
+def test_a_swap_in_the_right_pose_but_with_a_larger_error_than_the_average_face_fails():
+  """The gate asks for MAE below the pose-blind baseline's too: blur alone cannot pass it."""
+  def oracle(params, faces, to):
+    del params, faces
+    return synthetic.render(to, _params(), 64)["image"].astype(np.float32) / 255.0
+
+  q = _quality(oracle)
+  blind = q["b_to_a_baseline_pose_blind"]["face_mae"]
+  q["b_to_a"] = dict(q["b_to_a"], face_mae=blind + 0.01)  # posed right, colours off
+  assert synthetic_eval.gate(q) == [
+      f"b_to_a: face MAE {blind + 0.01:.4f} is not below the pose_blind baseline's {blind:.4f}"]
