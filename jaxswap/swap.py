@@ -99,7 +99,7 @@ def load_run(workdir: str, step: int | None = None, mesh=None, info: dict | None
 
 
 def start_from(state, config, mesh):
-  """`state` (a fresh `train.TrainState`) with the parameters are the latest of run `config.init_from` (pretraining).
+  """`state` (a fresh `step.TrainState`) with the parameters are the latest of run `config.init_from` (pretraining).
 
   Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
   learnt weights, so resuming it later is exact like any other.
