@@ -46,6 +46,7 @@ class Options:
   blend: str = "alpha"
   sharpen: float = 0.0  # unsharp-mask amount (%) on the model's output; 0: off
   sharpen_radius: float = 1.0  # its Gaussian sigma, pixels of the model's output
+  detail: float = 0.0  # % of the frame's detail finer than the crop's pixels kept in the face
   batch: int = 16
   frames: tuple[int, int | None] = (0, None)
   smooth: int = 0
@@ -64,10 +65,12 @@ class Options:
         raise JaxswapError(f"{name} {value!r} is not one of {', '.join(choices)}")
     if self.batch < 1 or self.smooth < 0 or not -50 <= self.erode <= 50 or \
         not 0 <= self.blur <= 100 or (self.track or 0) < 0 or (self.max_gap or 0) < 0 or \
-        not 0 <= self.sharpen <= 500 or not 0.3 <= self.sharpen_radius <= 10:
+        not 0 <= self.sharpen <= 500 or not 0.3 <= self.sharpen_radius <= 10 or \
+        not 0 <= self.detail <= 100:
       raise JaxswapError("--batch must be >= 1, --smooth >= 0, --erode in -50..50 (%), "
                          "--blur in 0..100 (%), --track and --max-gap >= 0, --sharpen in "
-                         "0..500 (%), --sharpen-radius in 0.3..10 (pixels)")
+                         "0..500 (%), --sharpen-radius in 0.3..10 (pixels), --detail in "
+                         "0..100 (%)")
     start, end = self.frames
     if start < 0 or (end is not None and end <= start):
       raise JaxswapError(f"--frames {start}:{end} is empty or negative")
@@ -98,7 +101,7 @@ def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: boo
     face = composite.sharpen(job.rgb, opts.sharpen, opts.sharpen_radius)
     composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, job.learned,
                          size=size, mask=opts.mask, erode=opts.erode, blur=opts.blur,
-                         color=opts.color, blend=opts.blend)
+                         color=opts.color, blend=opts.blend, detail=opts.detail)
   if mark:
     out = composite.watermark(out)
   timer.add("blend", time.perf_counter() - t0)
@@ -232,6 +235,9 @@ def parse_args(argv):
                       "scaled into the frame (faceswap/DeepFaceLab merger sharpen); 0: off")
   p.add_argument("--sharpen-radius", type=float, default=1.0,
                  help="the unsharp mask's Gaussian sigma in pixels of the model's output")
+  p.add_argument("--detail", type=float, default=0.0,
+                 help="keep this %% of the frame's own detail finer than the model's pixels "
+                      "(skin texture, hair) in a face scaled up into the frame; 0: off")
   p.add_argument("--batch", type=int, default=16, help="faces per model call")
   p.add_argument("--frames", help="START:END, convert only these frames (END exclusive)")
   p.add_argument("--smooth", type=int, default=0,
@@ -268,7 +274,7 @@ def main(argv=None) -> int:
       raise JaxswapError("--input, --workdir and --to are required (except with --list-tracks)")
     opts = Options(to=args.to, mask=args.mask, erode=args.erode, blur=args.blur,
                    color=args.color, blend=args.blend, sharpen=args.sharpen,
-                   sharpen_radius=args.sharpen_radius, batch=args.batch,
+                   sharpen_radius=args.sharpen_radius, detail=args.detail, batch=args.batch,
                    frames=parse_frames(args.frames), smooth=args.smooth,
                    face_index=parse_face_index(args.face_index),
                    watermark=args.watermark, coverage=args.coverage, track=args.track,

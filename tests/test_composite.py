@@ -175,3 +175,39 @@ def test_mask_size_is_bounded_by_the_face_and_keeps_a_hard_edge():
   assert blend.mask_size(64, 150, 8.0) == 150  # never above the face's own size
   assert blend.mask_size(256, 1024, 8.0) == 256  # never below the model's crop
   assert blend.mask_size(64, 1024, 0.0) == 1024  # no blur: the edge needs every pixel
+
+
+def test_detail_adds_the_frames_texture_finer_than_the_crop_and_nothing_coarser():
+  """A face scaled up 300 / 64 = 4.7x: the frame's fine texture comes back, its broad shading
+  does not, and weight-0 pixels keep their bits."""
+  h, w = 480, 512
+  yy, xx = np.mgrid[:h, :w]
+  ramp = 60 + 100 * xx / w  # broad shading: far below the crop's Nyquist
+  fine = 40 * ((xx // 1 + yy // 1) % 2) - 20  # a one-pixel checkerboard: far above it
+  m, lm = scene(0.0, 300.0)
+  flat = np.full((SIZE, SIZE, 3), 0.5, np.float32)  # what a blurry decoder draws
+
+  def paste(frame, detail):
+    out = frame.copy()
+    crop = warp.align_face(frame, m, SIZE)
+    blend.paste_face(out, m, lm, crop, flat, None, size=SIZE, color="none", detail=detail)
+    return out
+
+  roi, alpha, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE)
+  weight = on_canvas(alpha, roi, w, h)
+  inside = weight > 0.999  # the face, away from the blurred edge
+  textured = np.repeat((ramp + fine)[..., None], 3, -1).clip(0, 255).astype(np.uint8)
+  plain, kept = paste(textured, 0.0), paste(textured, 100.0)
+  np.testing.assert_array_equal(kept[weight == 0], textured[weight == 0])
+  lap = lambda x: cv2.Laplacian(np.float32(x[..., 0]), cv2.CV_32F)[inside].var()  # noqa: E731
+  assert lap(plain) < 0.01 * lap(textured)  # the flat face: no texture
+  assert 0.8 < lap(kept) / lap(textured) < 1.2  # the texture is back, at its own strength
+  half = paste(textured, 50.0)
+  assert 0.2 < lap(half) / lap(textured) < 0.3  # half the amplitude: a quarter of the variance
+  # Broad shading is the model's business: a frame of only the ramp adds (almost) nothing.
+  smooth = np.repeat(ramp[..., None], 3, -1).astype(np.uint8)
+  diff = np.abs(paste(smooth, 100.0).astype(int) - paste(smooth, 0.0))[inside]
+  assert diff.max() <= 1
+  # A face smaller than its crop has no such band: nothing is added.
+  m_small, lm_small = scene(0.0, 60.0)
+  assert blend.frame_detail(textured[:60, :60], 1.0 / g.matrix_scale(m_small)) is None

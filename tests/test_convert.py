@@ -144,13 +144,13 @@ def test_mp4_keeps_frame_count_size_fps_and_is_tagged(video, tiny_run, tmp_path)
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("color,blend_mode,sharpen", [("rct", "alpha", 150.0),
-                                                     ("hist", "seamless", 0.0)])
+@pytest.mark.parametrize("color,blend_mode,sharpen,detail", [("rct", "alpha", 150.0, 100.0),
+                                                            ("hist", "seamless", 0.0, 0.0)])
 def test_png_frames_are_untouched_outside_the_mask(video, tiny_run, tmp_path, color, blend_mode,
-                                                   sharpen):
+                                                   sharpen, detail):
   path, doc, placed = video
   opts = convert.Options(to="a", batch=8, color=color, blend=blend_mode, erode=0, blur=10,
-                         sharpen=sharpen)
+                         sharpen=sharpen, detail=detail)
   convert.convert(path, tiny_run, None, opts, alignments_path=doc, png_dir=str(tmp_path / "png"),
                   progress=False)
   names = sorted(os.listdir(tmp_path / "png"))
@@ -259,6 +259,7 @@ def test_errors_exit_2_and_leave_nothing(video, tiny_run, tmp_path, capsys):
       (["--input", str(junk), "--workdir", tiny_run], "junk.mp4"),
       (["--input", path, "--workdir", tiny_run, "--mask", "learned"], "learned mask"),
       (["--input", path, "--workdir", tiny_run, "--sharpen", "-5"], "--sharpen in 0..500"),
+      (["--input", path, "--workdir", tiny_run, "--detail", "150"], "--detail in 0..100"),
   ]
   for args, message in cases:
     code, err = run_cli(capsys, *args, "--output", out, "--to", "a", "--alignments", doc)

@@ -100,6 +100,22 @@ def sharpen(face: np.ndarray, amount: float, radius: float = 1.0) -> np.ndarray:
                  0.0, 1.0)
 
 
+def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float) -> np.ndarray | None:
+  """The frame's own detail finer than a face crop's pixels: frame - Gaussian(frame), float32.
+
+  A model's output scaled up `frame_px_per_face_px` times into the frame holds no frequency above
+  its crop's Nyquist (0.5 cycles per crop pixel). The Gaussian's sigma, 0.375 crop pixels in
+  frame pixels, halves the response exactly there, so what is returned is (mostly) the band the
+  model cannot draw: skin texture, hair strands, lashes. None where the face is not enlarged
+  (sigma under half a frame pixel: no such band).
+  """
+  sigma = 0.375 * frame_px_per_face_px
+  if sigma < 0.5:
+    return None
+  roi = np.float32(frame_roi)
+  return cv2.subtract(roi, cv2.GaussianBlur(roi, (0, 0), sigma, borderType=cv2.BORDER_REFLECT))
+
+
 # ----------------------------------------------------------------------------------------------
 # Masks
 # ----------------------------------------------------------------------------------------------
@@ -265,10 +281,12 @@ def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.nd
 def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | None,
                crop: np.ndarray, rgb: np.ndarray, learned: np.ndarray | None, *, size: int,
                mask: str = "components", erode: float = 2.0, blur: float = 8.0,
-               color: str = "rct", blend: str = "alpha") -> None:
+               color: str = "rct", blend: str = "alpha", detail: float = 0.0) -> None:
   """Draws one swapped face (`rgb`, the model's output for `crop`) into `frame` in place.
 
-  `erode`/`blur` are percentages of the face's side in the frame (`frame_alpha`).
+  `erode`/`blur` are percentages of the face's side in the frame (`frame_alpha`). `detail` (%)
+  adds that much of the frame's own detail finer than the crop's pixels (`frame_detail`) to the
+  face before it is blended: the texture a model's small output scaled up cannot have.
   """
   weights = frame_alpha(matrix, landmarks, learned, (frame.shape[1], frame.shape[0]), size=size,
                         mask=mask, erode=erode, blur=blur)
@@ -279,6 +297,10 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
   face = warp.warp_to_frame(np.multiply(out, 255.0, dtype=np.float32), matrix, roi,
                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
   x0, y0, x1, y1 = roi
+  if detail > 0:
+    fine = frame_detail(frame[y0:y1, x0:x1], 1.0 / geometry.matrix_scale(matrix))
+    if fine is not None:
+      face = cv2.scaleAdd(fine, detail / 100.0, face)
   if blend == "seamless":
     frame[y0:y1, x0:x1] = seamless_blend(frame, roi, face, alpha)
   else:
