@@ -98,13 +98,24 @@ def load_run(workdir: str, step: int | None = None, mesh=None, info: dict | None
   return config, model, params
 
 
+INIT_PARTS = ("all", "encoder")
+SHARED_MODULES = frozenset({"encoder", "inter_ab"})  # the encoder side, which codes any face
+
+
 def start_from(state, config, mesh):
-  """`state` (a fresh `step.TrainState`) with the parameters are the latest of run `config.init_from` (pretraining).
+  """`state` (a fresh `step.TrainState`) with the latest parameters of run `config.init_from`.
+
+  Pretraining: `config.init_from_parts` "all" takes every parameter, "encoder" only the shared
+  modules (SHARED_MODULES), the decoders (and LIAE's inter_B) keeping their fresh initialisation.
 
   Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
   learnt weights, so resuming it later is exact like any other.
   """
   source = config.init_from
+  parts = config.get("init_from_parts", "all")
+  if parts not in INIT_PARTS:
+    raise JaxswapError(f"--config.init_from_parts={parts!r} is not one of "
+                       f"{', '.join(INIT_PARTS)}")
   try:
     src_config, _, params = load_run(source, mesh=mesh)
   except JaxswapError as e:
@@ -113,5 +124,9 @@ def start_from(state, config, mesh):
   if theirs != ours:
     raise JaxswapError(f"--config.init_from={source} is a run of {theirs}, this one is {ours}: "
                        "the parameters cannot carry over")
-  log.info("parameters initialised from %s", source)
+  if parts == "encoder":
+    params = {name: params[name] if name in SHARED_MODULES else fresh
+              for name, fresh in state.params.items()}
+  log.info("parameters initialised from %s (%s)", source,
+           "all" if parts == "all" else "only " + ", ".join(sorted(SHARED_MODULES & set(params))))
   return state.replace(params=params)

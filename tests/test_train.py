@@ -238,6 +238,21 @@ def test_init_from_starts_a_fresh_run_from_another_runs_parameters(synthetic_dat
     train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
                                          **{"model.learn_mask": True}),
                              str(tmp_path / "other"), progress=False)
+  # Only the encoder (faceswap's --load-weights): the decoders are a fresh run's, bit for bit.
+  enc = train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
+                                             init_from_parts="encoder",
+                                             **{"optimizer.learning_rate": 0.0}),
+                                 str(tmp_path / "enc"), progress=False)
+  assert sorted(enc.params) == ["decoder_a", "decoder_b", "encoder"]
+  for name, want in (("encoder", source), ("decoder_a", fresh.params),
+                     ("decoder_b", fresh.params)):
+    for got, ref in zip(jax.tree_util.tree_leaves(enc.params[name]),
+                        jax.tree_util.tree_leaves(want[name])):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+  with pytest.raises(JaxswapError, match="init_from_parts='decoders' is not one of all, encoder"):
+    train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=1, init_from=tiny_run,
+                                         init_from_parts="decoders"),
+                             str(tmp_path / "bad"), progress=False)
 
 
 def _true_face_state(config, mesh):

@@ -91,6 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   # e.g. one trained on a pooled dataset of many people (DeepFaceLab's pretraining). The step
   # count and optimiser state start afresh; ignored once this run has a checkpoint of its own.
   c.init_from = ""
+  # What it carries over: "all" the parameters, or "encoder" only the encoder side (df: the
+  # encoder; LIAE: the encoder and inter_AB), the decoders (and LIAE's inter_B) starting afresh,
+  # as faceswap's --load-weights does. Pretrained decoders draw any face they are shown, B's
+  # included, and take long to unlearn it (README "How good, how fast").
+  c.init_from_parts = "all"
 
   c.profile_steps = 0  # >0: jax.profiler trace of that many steps into <workdir>/profile
 
