@@ -99,14 +99,14 @@ def load_run(workdir: str, step: int | None = None, mesh=None, info: dict | None
 
 
 INIT_PARTS = ("all", "encoder")
-SHARED_MODULES = frozenset({"encoder", "inter_ab"})  # the encoder side, which codes any face
+ENCODER_SIDE = frozenset({"encoder", "inter_ab"})  # the encoder side, which codes any face
 
 
 def start_from(state, config, mesh):
   """`state` (a fresh `step.TrainState`) with the latest parameters of run `config.init_from`.
 
-  Pretraining: `config.init_from_parts` "all" takes every parameter, "encoder" only the shared
-  modules (SHARED_MODULES), the decoders (and LIAE's inter_B) keeping their fresh initialisation.
+  Pretraining: `config.init_from_parts` "all" takes every parameter, "encoder" only the encoder-side
+  modules (ENCODER_SIDE), the decoders (and LIAE's inter_B) keeping their fresh initialisation.
 
   Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
   learnt weights, so resuming it later is exact like any other.
@@ -125,8 +125,8 @@ def start_from(state, config, mesh):
     raise JaxswapError(f"--config.init_from={source} is a run of {theirs}, this one is {ours}: "
                        "the parameters cannot carry over")
   if parts == "encoder":
-    params = {name: params[name] if name in SHARED_MODULES else fresh
+    params = {name: params[name] if name in ENCODER_SIDE else fresh
               for name, fresh in state.params.items()}
   log.info("parameters initialised from %s (%s)", source,
-           "all" if parts == "all" else "only " + ", ".join(sorted(SHARED_MODULES & set(params))))
+           "all" if parts == "all" else "only " + ", ".join(sorted(ENCODER_SIDE & set(params))))
   return state.replace(params=params)
