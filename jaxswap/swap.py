@@ -105,8 +105,9 @@ ENCODER_SIDE = frozenset({"encoder", "inter_ab"})  # the encoder side, which cod
 def start_from(state, config, mesh):
   """`state` (a fresh `step.TrainState`) with the latest parameters of run `config.init_from`.
 
-  Pretraining: `config.init_from_parts` "all" takes every parameter, "encoder" only the encoder-side
-  modules (ENCODER_SIDE), the decoders (and LIAE's inter_B) keeping their fresh initialisation.
+  Pretraining: `config.init_from_parts` "all" takes every parameter, "encoder" only the
+  encoder-side modules (ENCODER_SIDE), the decoders (and LIAE's inter_B) keeping their fresh
+  initialisation.
 
   Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
   learnt weights, so resuming it later is exact like any other.
