@@ -112,11 +112,7 @@ def start_from(state, config, mesh):
   Step, optimiser moments and rng stay fresh: the new run is a new run that starts from
   learnt weights, so resuming it later is exact like any other.
   """
-  source = config.init_from
-  parts = config.get("init_from_parts", "all")
-  if parts not in INIT_PARTS:
-    raise JaxswapError(f"--config.init_from_parts={parts!r} is not one of "
-                       f"{', '.join(INIT_PARTS)}")
+  source, parts = config.init_from, config.init_from_parts  # checked by train.validate
   try:
     src_config, _, params = load_run(source, mesh=mesh)
   except JaxswapError as e:

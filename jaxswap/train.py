@@ -63,6 +63,9 @@ def validate(config) -> None:
   if not 0.0 <= config.augment.input_hsv <= 1.0:
     raise JaxswapError(f"--config.augment.input_hsv={config.augment.input_hsv} must lie in "
                        "[0, 1] (DeepFaceLab's random_hsv_power; 0.05-0.3 is usual)")
+  if config.init_from_parts not in swap.INIT_PARTS:
+    raise JaxswapError(f"--config.init_from_parts={config.init_from_parts!r} is not one of "
+                       f"{', '.join(swap.INIT_PARTS)}")
   if config.loss.true_face < 0:
     raise JaxswapError(f"--config.loss.true_face={config.loss.true_face} must be >= 0")
   if config.loss.true_face and models.VARIANTS[config.model.name].arch != "df":

@@ -183,7 +183,7 @@ def test_detail_adds_the_frames_texture_finer_than_the_crop_and_nothing_coarser(
   h, w = 480, 512
   yy, xx = np.mgrid[:h, :w]
   ramp = 60 + 100 * xx / w  # broad shading: far below the crop's Nyquist
-  fine = 40 * ((xx // 1 + yy // 1) % 2) - 20  # a one-pixel checkerboard: far above it
+  fine = 40 * ((xx + yy) % 2) - 20  # a one-pixel checkerboard: far above it
   m, lm = scene(0.0, 300.0)
   flat = np.full((SIZE, SIZE, 3), 0.5, np.float32)  # what a blurry decoder draws
 
@@ -209,5 +209,5 @@ def test_detail_adds_the_frames_texture_finer_than_the_crop_and_nothing_coarser(
   diff = np.abs(paste(smooth, 100.0).astype(int) - paste(smooth, 0.0))[inside]
   assert diff.max() <= 1
   # A face smaller than its crop has no such band: nothing is added.
-  m_small, lm_small = scene(0.0, 60.0)
+  m_small, _ = scene(0.0, 60.0)
   assert blend.frame_detail(textured[:60, :60], 1.0 / g.matrix_scale(m_small)) is None
