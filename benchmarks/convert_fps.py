@@ -1,13 +1,17 @@
 """Conversion throughput: end-to-end frames/s of jaxswap.convert and seconds per stage.
 
   python benchmarks/convert_fps.py --input VIDEO --workdir RUN --json OUT.json
-      [--alignments FILE] [--frames START:END] [--batch 16] [--no-identity] [--no-baseline]
+      [--alignments FILE] [--frames START:END] [--batch 16] [--repeat 3] [--no-identity]
+      [--no-baseline]
 
-Three runs over the same frames, each into a temporary mp4 that is deleted afterwards:
+Three kinds of run over the same frames, each into a temporary mp4 that is deleted afterwards:
   model     the run's model (compiled and warmed up before timing, so compilation is excluded);
   identity  the model replaced by a jitted identity: what the pipeline itself costs;
   baseline  decode -> encode only (reader thread, writer thread, no faces): the I/O ceiling.
-The pipeline keeps the model busy when `identity` runs at about the `baseline` rate. Stage seconds
+The pipeline keeps the model busy when `identity` runs at about the `baseline` rate. A shared
+VM's speed drifts by 10-25 % from one minute to the next, so `--repeat N` runs identity and
+baseline N times in turn and reports identity / ceiling for each adjacent pair and their median
+(the headline figure); the model runs once. Stage seconds
 are summed over the threads that run them (decode: reader; detect/align/infer: main; blend: pool;
 encode: writer), so on an overlapped pipeline they add up to more than the wall time.
 """
@@ -82,11 +86,15 @@ def main(argv=None) -> int:
   p.add_argument("--frames", default=None, help="START:END (default: the whole video)")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--to", default="a", choices=("a", "b"))
+  p.add_argument("--repeat", type=int, default=3,
+                  help="identity + baseline pairs, in turn (the median ratio is the figure)")
   p.add_argument("--no-identity", action="store_true")
   p.add_argument("--no-baseline", action="store_true")
   p.add_argument("--no-xla-defaults", action="store_true",
                  help="do not apply jaxswap's CPU XLA_FLAGS defaults (jaxswap.xla_flags)")
   args = p.parse_args(argv)
+  if args.repeat < 1:
+    p.error(f"--repeat {args.repeat}: give 1 or more")
   xla_flags.apply_cpu_defaults(enabled=not args.no_xla_defaults)  # before jax's backend exists
   from jaxswap import swap  # pylint: disable=g-import-not-at-top
   config = swap.load_config(args.workdir)
@@ -96,21 +104,42 @@ def main(argv=None) -> int:
                    "model": config.model.name, "batch": args.batch,
                    "alignments": args.alignments, "cpus": os.cpu_count(),
                    **xla_flags.describe()}
+  def run(kind: str, fn, warm: float) -> dict:
+    load0 = os.getloadavg()[0]
+    r = convert.convert(args.input, args.workdir, os.path.join(tmp, f"{kind}.mp4"), opts,
+                        alignments_path=args.alignments, progress=False, model_fn=fn)
+    r.update(compile_and_warmup_s=warm, load_average_before=load0)
+    print(row(kind, r), flush=True)
+    return r
+
   try:
-    kinds = ["model"] + ([] if args.no_identity else ["identity"])
-    for kind in kinds:
-      fn, warm = model_fn_of(args.workdir, args.to, args.batch, config.image_size,
-                             kind == "identity")
-      load0 = os.getloadavg()[0]
-      r = convert.convert(args.input, args.workdir, os.path.join(tmp, f"{kind}.mp4"), opts,
-                          alignments_path=args.alignments, progress=False, model_fn=fn)
-      r.update(compile_and_warmup_s=warm, load_average_before=load0)
-      results[kind] = r
-      print(row(kind, r), flush=True)
-    if not args.no_baseline:
-      r = baseline(args.input, opts.frames, os.path.join(tmp, "baseline.mp4"))
-      results["baseline"] = r
-      print(row("baseline", r), flush=True)
+    results["model"] = run("model", *model_fn_of(args.workdir, args.to, args.batch,
+                                                 config.image_size, False))
+    identity = None if args.no_identity else model_fn_of(args.workdir, args.to, args.batch,
+                                                         config.image_size, True)
+    pairs = []
+    for _ in range(args.repeat if identity and not args.no_baseline else 1):
+      pair = {}
+      if identity:
+        pair["identity"] = run("identity", *identity)
+      if not args.no_baseline:
+        pair["baseline"] = baseline(args.input, opts.frames, os.path.join(tmp, "baseline.mp4"))
+        print(row("baseline", pair["baseline"]), flush=True)
+      if len(pair) == 2:
+        pair["ratio"] = pair["identity"]["fps"] / pair["baseline"]["fps"]
+        print(f"identity / ceiling {pair['ratio']:.3f}", flush=True)
+      pairs.append(pair)
+    for kind in ("identity", "baseline"):  # the first run of each, as before --repeat
+      if kind in pairs[0]:
+        results[kind] = pairs[0][kind]
+    if "ratio" in pairs[0]:
+      ratios = [p["ratio"] for p in pairs]
+      results["pairs"] = pairs
+      results["identity_over_ceiling"] = {"median": float(np.median(ratios)),
+                                          "min": min(ratios), "max": max(ratios),
+                                          "each": ratios}
+      print(f"identity / ceiling: median {np.median(ratios):.3f} of {len(ratios)} pairs "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f})", flush=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   results["load_average_after"] = os.getloadavg()[0]

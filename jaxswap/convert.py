@@ -95,8 +95,13 @@ class StageTimer:
 
 def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: bool,
                 timer: StageTimer) -> np.ndarray:
+  """Draws the frame's swapped faces into `rgb` in place (and returns it, watermarked if asked).
+
+  `rgb` is the reader's own array and nothing reads it once its faces are cropped: a copy of a
+  720p frame would cost more than the blending of a face in it.
+  """
   t0 = time.perf_counter()
-  out = rgb.copy() if jobs else rgb
+  out = rgb
   for job in jobs:
     face = composite.sharpen(job.rgb, opts.sharpen, opts.sharpen_radius)
     composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, job.learned,

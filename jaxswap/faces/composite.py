@@ -169,19 +169,24 @@ def mask_size(size: int, size_s: int, blur: float) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def alpha_blend(frame_roi: np.ndarray, face_roi_rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def alpha_blend(frame_roi: np.ndarray, face_roi_rgb: np.ndarray, alpha: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
   """frame + alpha * (face - frame), rounded; pixels with alpha == 0 keep their exact bits.
 
   face_roi_rgb is float in [0, 255]; alpha (H, W) float in [0, 1]. OpenCV's float -> uint8
-  conversion rounds half to even and saturates, as np.clip(np.rint(x), 0, 255) does.
+  conversion rounds half to even and saturates, as np.clip(np.rint(x), 0, 255) does. `out`
+  (may be frame_roi itself, a view into the frame) receives the result in place.
   """
   frame_f = np.float32(frame_roi)
   diff = cv2.subtract(np.asarray(face_roi_rgb, np.float32), frame_f)
   a = np.ascontiguousarray(alpha, np.float32)
   cv2.multiply(diff, cv2.merge((a, a, a)), dst=diff)
   mixed = cv2.add(frame_f, diff, dtype=cv2.CV_8U)
-  out = frame_roi.copy()
-  cv2.copyTo(mixed, cv2.compare(a, 0.0, cv2.CMP_GT), out)  # alpha 0 (or NaN): the frame's bits
+  out = frame_roi.copy() if out is None else out
+  # alpha 0 (or NaN): the frame's bits. OpenCV writes into a strided view in place.
+  written = cv2.copyTo(mixed, cv2.compare(a, 0.0, cv2.CMP_GT), out)
+  if written is not out:  # it reallocated (never for a matching uint8 view): copy back
+    out[...] = written
   return out
 
 
@@ -238,20 +243,22 @@ def watermark(frame: np.ndarray, text: str = "SYNTHETIC (jaxswap)") -> np.ndarra
 def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | None,
               matrix_s: np.ndarray, size_s: int) -> np.ndarray:
   """float32 (S, S) mask in the aligned crop of side S (landmarks in frame pixels)."""
-  mask = np.ones((size_s, size_s), np.float32)
+  mask = None
   if kind in ("components", "extended", "learned*components"):
     if landmarks is None:
       raise JaxswapError(f"--mask {kind} needs landmarks, which this face has none of; "
                          "use --mask learned")
     pts = geometry.transform_points(matrix_s, landmarks)
-    hull = "extended" if kind == "extended" else "components"
-    mask = geometry.face_mask(pts, size_s, hull).astype(np.float32) / 255.0
+    hull = geometry.mask_hull(pts, "extended" if kind == "extended" else "components")
+    mask = geometry.fill_convex(hull, size_s, size_s).astype(np.float32)
   if kind.startswith("learned"):
     if learned is None:
       raise JaxswapError(f"--mask {kind}: this run's model has no learned mask "
                          "(trained without --config.model.learn_mask=True)")
-    mask = mask * cv2.resize(learned, (size_s, size_s), interpolation=cv2.INTER_LINEAR)
-  return mask
+    grown = cv2.resize(np.asarray(learned, np.float32), (size_s, size_s),
+                       interpolation=cv2.INTER_LINEAR)
+    mask = grown if mask is None else cv2.multiply(mask, grown)
+  return np.ones((size_s, size_s), np.float32) if mask is None else mask
 
 
 def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.ndarray | None,
@@ -304,4 +311,4 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
   if blend == "seamless":
     frame[y0:y1, x0:x1] = seamless_blend(frame, roi, face, alpha)
   else:
-    frame[y0:y1, x0:x1] = alpha_blend(frame[y0:y1, x0:x1], face, alpha)
+    alpha_blend(frame[y0:y1, x0:x1], face, alpha, out=frame[y0:y1, x0:x1])

@@ -237,15 +237,18 @@ def priority_hulls(landmarks: np.ndarray, grow: float = 1.3) -> list[np.ndarray]
   return [_scaled_hull(pts[list(idx)], grow) for idx in (RIGHT_EYE, LEFT_EYE, LIPS_OUTER)]
 
 
+def mask_hull(landmarks: np.ndarray, kind: str = "components") -> np.ndarray:
+  """The `kind` outline (a convex hull) of a face's landmarks."""
+  if kind == "components":
+    return components_hull(landmarks)
+  if kind == "extended":
+    return extended_hull(landmarks)
+  raise ValueError(f"mask kind {kind!r} is not one of {MASK_TYPES}")
+
+
 def face_mask(landmarks: np.ndarray, size: int, kind: str = "components") -> np.ndarray:
   """uint8 (size, size) mask, 255 inside the `kind` outline of aligned-crop landmarks."""
-  if kind == "components":
-    hull = components_hull(landmarks)
-  elif kind == "extended":
-    hull = extended_hull(landmarks)
-  else:
-    raise ValueError(f"mask kind {kind!r} is not one of {MASK_TYPES}")
-  return fill_convex(hull, size, size).astype(np.uint8) * 255
+  return fill_convex(mask_hull(landmarks, kind), size, size).astype(np.uint8) * 255
 
 
 def priority_mask(landmarks: np.ndarray, size: int, grow: float = 1.3) -> np.ndarray:

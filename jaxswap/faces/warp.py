@@ -12,6 +12,9 @@ import numpy as np
 
 from jaxswap.faces import geometry
 
+# Face pixels per frame pixel below which a cubic inverse warp runs as resize + linear warp.
+CUBIC_IN_TWO_BELOW = 0.5
+
 
 def align_face(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
   """The size x size aligned crop of `frame` under a frame -> face matrix.
@@ -33,15 +36,39 @@ def align_face(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
   x1, y1 = np.minimum(np.ceil(corners.max(0) + pad).astype(int), [w, h])
   if x1 <= x0 or y1 <= y0:
     return np.zeros((size, size, 3), np.uint8)
-  window = frame[y0:y1, x0:x1]
-  sw, sh = max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale))
-  small = cv2.resize(window, (sw, sh), interpolation=cv2.INTER_AREA)
-  rx, ry = sw / window.shape[1], sh / window.shape[0]
-  # frame -> small: s = r * (x - x0 + 0.5) - 0.5 (resize maps pixel areas, centres at +0.5).
+  # OpenCV's area filter is 4x faster for a whole factor k (k x k box means): shrink by the
+  # largest k first, over a window grown to a multiple of k; then by the rest (< 2x) with the
+  # area filter again, or, when that is under 1.25x, in the final linear warp.
+  k = int(1.0 / scale)
+  if k >= 2 and min(x1 - x0, y1 - y0) >= k:
+    x0, x1 = _multiple_of(k, x0, x1, w)
+    y0, y1 = _multiple_of(k, y0, y1, h)
+  else:
+    k = 1
+  small = frame[y0:y1, x0:x1]
+  if k >= 2:
+    small = cv2.resize(small, (small.shape[1] // k, small.shape[0] // k),
+                       interpolation=cv2.INTER_AREA)
+  if k * scale < 0.8:  # more than 1.25x left: area again (a linear warp would alias)
+    small = cv2.resize(small, (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))),
+                       interpolation=cv2.INTER_AREA)
+  rx, ry = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)
+  # frame -> small: s = r * (x - x0 + 0.5) - 0.5 (resize maps pixel areas, centres at +0.5; a
+  # whole-factor shrink then the rest compose to the same map).
   to_small = np.array([[rx, 0, rx * (0.5 - x0) - 0.5], [0, ry, ry * (0.5 - y0) - 0.5]])
   m = geometry.compose(matrix, geometry.invert_affine(to_small))
   return cv2.warpAffine(small, m, (size, size), flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_CONSTANT)
+
+
+def _multiple_of(k: int, lo: int, hi: int, limit: int) -> tuple[int, int]:
+  """[lo, hi) widened to a multiple of k inside [0, limit), else cut to one (< k pixels)."""
+  n = -(-(hi - lo) // k) * k
+  if lo + n <= limit:
+    return lo, lo + n
+  if hi - n >= 0:
+    return hi - n, hi
+  return lo, lo + (hi - lo) // k * k
 
 
 def rescale_matrix(matrix: np.ndarray, size_from: int, size_to: int) -> np.ndarray:
@@ -84,9 +111,21 @@ def warp_to_frame(image: np.ndarray, matrix: np.ndarray, roi: tuple[int, int, in
                   border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
   """The inverse warp: an aligned crop (under frame -> face `matrix`) drawn into a frame ROI.
 
-  Only the ROI is computed, so a face costs its own size, not the frame's.
+  Only the ROI is computed, so a face costs its own size, not the frame's. A cubic enlargement
+  of 2x or more is done in two passes: a cubic resize to the frame's scale (separable,
+  vectorised) and a linear warp at about 1:1 for the rotation and the sub-pixel shift. Half the
+  cost of the one-pass cubic warp; on a model's output (smooth at its own pixels) the two differ
+  by a few tenths of a level (0.1 on average on a 64 px model's faces in 720p).
   """
   x0, y0, x1, y1 = roi
   to_roi = geometry.compose(matrix, [[1, 0, x0], [0, 1, y0]])  # ROI pixel -> crop pixel
+  scale = geometry.matrix_scale(matrix)
+  if interpolation == cv2.INTER_CUBIC and 0 < scale < CUBIC_IN_TWO_BELOW:
+    h, w = image.shape[:2]
+    bw, bh = max(1, round(w / scale)), max(1, round(h / scale))
+    image = cv2.resize(image, (bw, bh), interpolation=cv2.INTER_CUBIC)
+    kx, ky = bw / w, bh / h  # crop -> enlarged: e = k * (c + 0.5) - 0.5 (resize's centres)
+    to_roi = geometry.compose([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5]], to_roi)
+    interpolation = cv2.INTER_LINEAR
   return cv2.warpAffine(image, to_roi, (x1 - x0, y1 - y0),
                         flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=border)
