@@ -111,11 +111,14 @@ def _face_record(face: recognise.Face, src: recognise.Face, rgb: np.ndarray, nxt
   sharp, src_sharp = metrics.sharpness(rgb, region), metrics.sharpness(src_rgb, region)
   flick = metrics.change(rgb, nxt, region) if nxt is not None else None
   src_flick = metrics.change(src_rgb, src_next, region) if src_next is not None else None
+  (eyes, mouth), (src_eyes, src_mouth) = (metrics.openness(f.landmarks) for f in (face, src))
   return {"box": list(face.box), "_descriptor": face.descriptor,
           "yaw_pitch_roll": [round(a, 2) for a in pose.yaw_pitch_roll(rot)],
           "pose_error_deg": metrics.rotation_angle(rot, src_rot),
           "relative_rotation": np.round(rot @ src_rot.T, 6).tolist(),
           "expression_error": metrics.expression_error(face.landmarks, src.landmarks),
+          "eyes_open": eyes, "mouth_open": mouth, "eyes_open_error": abs(eyes - src_eyes),
+          "mouth_open_error": abs(mouth - src_mouth),
           "sharpness": sharp, "sharpness_ratio": metrics.ratio(sharp, src_sharp),
           "change": flick, "flicker_ratio": metrics.ratio(flick, src_flick)}
 
@@ -316,12 +319,17 @@ def summarise(frames: list[dict]) -> dict:
          "recognised_as_a": (float(np.mean([r["recognised_as_a"] for r in recs]))
                              if recs else None)}
     for key in ("distance_a", "distance_b", "pose_error_deg", "expression_error",
-                "sharpness_ratio", "flicker_ratio"):
-      s[key] = _stats([r[key] for r in recs])
+                "eyes_open_error", "mouth_open_error", "sharpness_ratio", "flicker_ratio"):
+      s[key] = _stats([r.get(key) for r in recs])
     s.update(_pose_bias([r.get("relative_rotation") for r in recs]))
     posed = [f for f in scored if "yaw_pitch_roll" in f["source"] and "yaw_pitch_roll" in f[col]]
     s["pose_follow_yaw_pitch_roll"] = metrics.follow_slopes(
         [f["source"]["yaw_pitch_roll"] for f in posed], [f[col]["yaw_pitch_roll"] for f in posed])
+    opened = [f for f in scored if "eyes_open" in f["source"] and "eyes_open" in f[col]]
+    s["openness_follow_eyes_mouth"] = metrics.follow_slopes(
+        [[f["source"]["eyes_open"], f["source"]["mouth_open"]] for f in opened],
+        [[f[col]["eyes_open"], f[col]["mouth_open"]] for f in opened],
+        min_spread=metrics.OPENNESS_MIN_SPREAD) if opened else [None, None]
     both = [f for f in scored if f["swap"]["change"] is not None and f["source"]["change"]]
     if s["flicker_ratio"] is not None and both:
       s["flicker_ratio"]["mean"] = float(np.mean([f[col]["change"] for f in both]) /

@@ -17,6 +17,10 @@ Every measure compares the swap with the source frame it was made from, in the s
   least-squares similarity (Umeyama), then the mean point distance divided by the source's
   inter-ocular distance (outer eye corners 36-45, the 300-W convention). A different head position
   or size costs nothing; an eye that closes or a mouth that opens does.
+- openness of the eyes and the mouth (`openness`), the swap's against the source's: the absolute
+  difference per frame, and over a clip the follow slope of the swap's openness on the source's.
+  A swap that keeps its eyes open through a blink, or its mouth shut while the source speaks,
+  has a slope near 0 there even when its mean expression error is small.
 - sharpness: variance of the Laplacian of the grey image inside the source face's landmark hull.
 - flicker: mean absolute grey-level change from frame t to t+1 inside the same hull.
 The sharpness and flicker of the swap are divided by the source's, so 1.0 means "like the input".
@@ -45,20 +49,23 @@ def mean_rotation(rotations) -> np.ndarray:
   return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
-def follow_slopes(source_angles, swap_angles, min_spread: float = 1.0) -> list:
-  """Per axis (yaw, pitch, roll): the least-squares slope of the swap's angle on the source's.
+def follow_slopes(source_values, swap_values, min_spread: float | list = 1.0) -> list:
+  """Per column (yaw, pitch, roll; or eyes, mouth): the least-squares slope of swap on source.
 
-  1 when the swap turns as the source does, 0 when it holds one pose whatever the head does.
-  None for an axis on which the source moves less than `min_spread` degrees (standard
-  deviation) or when fewer than 3 frames have both poses: there is nothing to follow.
+  1 when the swap moves as the source does, 0 when it holds one value whatever the source does.
+  None for a column in which the source varies less than `min_spread` (standard deviation; one
+  for every column or one each) or when fewer than 3 frames have both: nothing to follow.
   """
-  src, swap = (np.asarray(a, np.float64).reshape(-1, 3) for a in (source_angles, swap_angles))
+  src, swap = (np.asarray(a, np.float64) for a in (source_values, swap_values))
+  cols = src.shape[-1] if src.ndim == 2 else 3
+  src, swap = src.reshape(-1, cols), swap.reshape(-1, cols)
+  spread = np.broadcast_to(np.asarray(min_spread, np.float64), (cols,))
   ok = np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(swap), axis=1)
   if ok.sum() < 3:
-    return [None, None, None]
+    return [None] * cols
   x, y = src[ok] - src[ok].mean(0), swap[ok] - swap[ok].mean(0)
-  return [float(x[:, k] @ y[:, k] / (x[:, k] @ x[:, k])) if x[:, k].std() >= min_spread else None
-          for k in range(3)]
+  return [float(x[:, k] @ y[:, k] / (x[:, k] @ x[:, k])) if x[:, k].std() >= spread[k] else None
+          for k in range(cols)]
 
 
 def inter_ocular(points: np.ndarray) -> float:
@@ -72,6 +79,32 @@ def expression_error(swap: np.ndarray, source: np.ndarray) -> float:
   m = geometry.umeyama(dst, src)
   fitted = dst @ m[:2, :2].T + m[:2, 2]
   return float(np.linalg.norm(fitted - src, axis=1).mean() / max(inter_ocular(source), 1e-6))
+
+
+RIGHT_EYE_68, LEFT_EYE_68 = (36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47)
+INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper and lower inner lip, left to right
+# Spreads below which a clip's openness does not move enough to follow (standard deviations):
+# about a fifth of an open eye's aspect ratio, a twentieth of an inter-ocular distance.
+OPENNESS_MIN_SPREAD = (0.02, 0.02)
+
+
+def _eye_aspect(points: np.ndarray, eye) -> float:
+  p = points[list(eye)]
+  height = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
+  return float(height / (2.0 * max(np.linalg.norm(p[0] - p[3]), 1e-6)))
+
+
+def openness(points: np.ndarray) -> tuple[float, float]:
+  """(eyes, mouth): how open one face's eyes and mouth are, from its 68 landmarks.
+
+  eyes: the eye aspect ratio (Soukupova & Cech 2016: the two lid-to-lid heights over the eye's
+  width), the mean of both eyes: about 0.3 open, under 0.2 closed. mouth: the mean gap between
+  the inner lips over the inter-ocular distance: 0 closed, about 0.3 wide open.
+  """
+  p = np.asarray(points, np.float64)
+  eyes = (_eye_aspect(p, RIGHT_EYE_68) + _eye_aspect(p, LEFT_EYE_68)) / 2.0
+  gap = np.mean([np.linalg.norm(p[a] - p[b]) for a, b in INNER_LIP_PAIRS])
+  return eyes, float(gap / max(inter_ocular(p), 1e-6))
 
 
 def face_region(points: np.ndarray, height: int, width: int, margin: int = 2):

@@ -20,6 +20,8 @@ _ROWS = (  # (label, summary key, format)
     ("head-pose error (deg)", "pose_error_deg", "{:.2f}"),
     ("  the same, bias removed (deg)", "pose_tracking_error_deg", "{:.2f}"),
     ("expression error (inter-ocular)", "expression_error", "{:.4f}"),
+    ("  eyes: openness error (aspect)", "eyes_open_error", "{:.3f}"),
+    ("  mouth: openness error (i-o)", "mouth_open_error", "{:.3f}"),
     ("sharpness ratio (swap / source)", "sharpness_ratio", "{:.3f}"),
     ("flicker ratio (swap / source)", "flicker_ratio", "{:.3f}"),
 )
@@ -55,6 +57,10 @@ def table(result: dict) -> str:
       follow = [" / ".join(_fmt(v, "{:.2f}") for v in s[c].get("pose_follow_yaw_pitch_roll")
                            or (None,) * 3) for c in ("swap", "source")]
       lines.append(f"{'  follows the head: yaw/pitch/roll':34}{follow[0]:>22}{follow[1]:>22}")
+    if key == "mouth_open_error":
+      follow = [" / ".join(_fmt(v, "{:.2f}") for v in s[c].get("openness_follow_eyes_mouth")
+                           or (None,) * 2) for c in ("swap", "source")]
+      lines.append(f"{'  follows eyes / mouth (slope)':34}{follow[0]:>22}{follow[1]:>22}")
   refs = result["references"]
   cover = s.get("source_outside_a_poses")
   if cover is not None:

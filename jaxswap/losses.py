@@ -210,6 +210,7 @@ def reconstruction_loss(
   total = mae * MAE + mse * MSE + dssim * DSSIM + ms_ssim * (1 - MS-SSIM)
         + laplacian * mean|Laplacian(pred) - Laplacian(target)|
         + eye_mouth_weight * (mae * MAE + mse * MSE, weighted by `priority`)
+          (eye_mouth_loss "pixel"; with "mae": eye_mouth_weight * MAE weighted by `priority`)
         + mask * MSE(pred_mask, mask).
   With cfg.masked and a mask, every term compares the masked images (a mean over all pixels, as
   the references do); the priority terms compare the priority-masked images. If neither MAE nor MSE is configured, the priority term uses plain MAE so that
@@ -230,7 +231,9 @@ def reconstruction_loss(
     a, b = (pred * weight, target * weight) if use_mask else (pred, target)
     terms["laplacian"] = (cfg.laplacian, laplacian_loss(a, b))
   if cfg.eye_mouth_weight > 0 and priority is not None:
-    prio = _pixel_terms(pred, target, cfg, _f32(priority), prefix="priority_")
+    prio = {}
+    if cfg.eye_mouth_loss == "pixel":
+      prio = _pixel_terms(pred, target, cfg, _f32(priority), prefix="priority_")
     if not prio:
       prio = {"priority_mae": (1.0, mae(pred, target, _f32(priority)))}
     terms.update({k: (cfg.eye_mouth_weight * w, v) for k, (w, v) in prio.items()})

@@ -66,6 +66,9 @@ def validate(config) -> None:
   if config.init_from_parts not in swap.INIT_PARTS:
     raise JaxswapError(f"--config.init_from_parts={config.init_from_parts!r} is not one of "
                        f"{', '.join(swap.INIT_PARTS)}")
+  if config.loss.eye_mouth_loss not in ("pixel", "mae"):
+    raise JaxswapError(f"--config.loss.eye_mouth_loss={config.loss.eye_mouth_loss!r}: expected "
+                       "pixel (the image loss's MAE/MSE terms) or mae (DeepFaceLab's)")
   if config.loss.true_face < 0:
     raise JaxswapError(f"--config.loss.true_face={config.loss.true_face} must be >= 0")
   if config.loss.true_face and models.VARIANTS[config.model.name].arch != "df":

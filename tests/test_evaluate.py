@@ -110,6 +110,39 @@ def test_follow_slopes_tell_a_held_pose_from_a_followed_one():
   assert m.follow_slopes(src[:2], swap[:2]) == [None, None, None]
 
 
+def face_68(eye_height: float, lip_gap: float) -> np.ndarray:
+  """68 points: eyes 30 wide with lids `eye_height` apart, inner lips `lip_gap` apart."""
+  p = np.zeros((68, 2))
+  for start, x0 in ((36, 20.0), (42, 70.0)):
+    p[start:start + 6] = [(x0, 40), (x0 + 10, 40 - eye_height / 2), (x0 + 20, 40 - eye_height / 2),
+                          (x0 + 30, 40), (x0 + 20, 40 + eye_height / 2),
+                          (x0 + 10, 40 + eye_height / 2)]
+  for (upper, lower), x in zip(m.INNER_LIP_PAIRS, (50.0, 55.0, 60.0)):
+    p[upper], p[lower] = (x, 90.0), (x, 90.0 + lip_gap)
+  return p  # inter-ocular (36 -> 45): 80
+
+
+def test_openness_of_eyes_and_mouth():
+  eyes, mouth = m.openness(face_68(9.0, 16.0))
+  assert eyes == pytest.approx(0.3) and mouth == pytest.approx(0.2)
+  eyes, mouth = m.openness(face_68(1.5, 0.0))
+  assert eyes == pytest.approx(0.05) and mouth == 0.0
+  # Scale and position change nothing.
+  assert m.openness(2.5 * face_68(9.0, 16.0) + 7.0) == pytest.approx((0.3, 0.2))
+
+
+def test_openness_follow_tells_blinks_kept_from_blinks_lost():
+  src = np.array([[0.3, 0.05], [0.3, 0.2], [0.1, 0.1], [0.28, 0.0], [0.08, 0.25], [0.3, 0.1]])
+  followed = src * [0.9, 1.1] + [0.02, 0.0]
+  held = np.stack([np.full(6, 0.31), src[:, 1]], 1)  # eyes never close; the mouth follows
+  assert m.follow_slopes(src, followed, m.OPENNESS_MIN_SPREAD) == pytest.approx([0.9, 1.1])
+  eyes, mouth = m.follow_slopes(src, held, m.OPENNESS_MIN_SPREAD)
+  assert eyes == pytest.approx(0.0) and mouth == pytest.approx(1.0)
+  still = src.copy()
+  still[:, 1] = 0.01  # a mouth that never moves: nothing to follow
+  assert m.follow_slopes(still, followed, m.OPENNESS_MIN_SPREAD)[1] is None
+
+
 def test_source_poses_outside_a_are_counted():
   poses = [[0.0, 0.0, 0.0], [0.0, 20.0, 0.0], [-12.0, 0.0, 0.0], [9.0, 4.0, 40.0]]
   frames = [{"source": {"yaw_pitch_roll": p}} for p in poses] + [{"source": None}]
@@ -190,6 +223,7 @@ def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
                  "--json", out_json, "--sheet", sheet, "--sheet-rows", "3"])
   out = capsys.readouterr().out
   assert "recognised as A" in out and "posed outside A's footage: 0 %" in out
+  assert "follows eyes / mouth" in out
   result = json.load(open(out_json))
   s = result["summary"]
   assert s["source_outside_a_poses"]["fraction"] == 0.0  # A's references are these very faces
@@ -198,6 +232,7 @@ def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
     assert s[col]["distance_a"]["mean"] < 0.1  # the clip against its own mean descriptor
     assert s[col]["pose_error_deg"]["mean"] < 1e-3
     assert s[col]["expression_error"]["mean"] < 1e-9
+    assert s[col]["eyes_open_error"]["mean"] == s[col]["mouth_open_error"]["mean"] == 0.0
     assert s[col]["sharpness_ratio"]["mean"] == pytest.approx(1.0)
     assert s[col]["flicker_ratio"]["mean"] == pytest.approx(1.0)
   assert s["swap"]["flicker_ratio"]["frames"] == FRAMES - 1  # the last frame has no t+1
@@ -240,6 +275,10 @@ def test_opened_mouth_costs_expression(clip, tmp_path):
   assert s["frames_evaluated"] == 3
   assert s["swap"]["expression_error"]["mean"] > 0.025
   assert s["source"]["expression_error"]["mean"] < 1e-9
+  # Told apart: the mouth opened, the eyes did not move.
+  assert s["swap"]["mouth_open_error"]["mean"] > 2 * s["swap"]["eyes_open_error"]["mean"]
+  assert s["swap"]["mouth_open_error"]["mean"] > 0.02
+  assert s["source"]["mouth_open_error"]["mean"] == 0.0
 
 
 def test_mp4_input_every_other_frame_keeps_flicker(clip, tmp_path):

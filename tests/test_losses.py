@@ -208,6 +208,24 @@ def test_priority_falls_back_to_mae_when_no_pixel_term():
   np.testing.assert_allclose(total, terms["ms_ssim"] + 2.0 * terms["priority_mae"], rtol=1e-6)
 
 
+def test_eye_mouth_mae_is_deepfacelabs_priority_term():
+  # DeepFaceLab's SAEHD: 10 x DSSIM + 10 x MSE, and eyes_mouth_prio adds 300 x MAE on the
+  # eye/mouth pixels (a mean over all pixels), whatever the image loss is made of.
+  pred, target = _images(12, shape=(2, 32, 32, 3))
+  priority = np.zeros((2, 32, 32, 1), np.float32)
+  priority[:, 10:16, 8:24] = 1.0
+  cfg = _loss_cfg(mae=0.0, mse=10.0, dssim=10.0, eye_mouth_weight=300.0, eye_mouth_loss="mae")
+  total, terms = losses.reconstruction_loss(pred, target, cfg, priority=priority)
+  assert set(terms) == {"mse", "dssim", "priority_mae"}
+  d = np.float64(pred) - target
+  np.testing.assert_allclose(terms["priority_mae"], (priority * np.abs(d)).mean(), rtol=1e-5)
+  np.testing.assert_allclose(total, 10 * terms["mse"] + 10 * terms["dssim"]
+                             + 300 * terms["priority_mae"], rtol=1e-5)
+  cfg.eye_mouth_loss = "pixel"  # faceswap's meaning: the image loss's own MSE, multiplied
+  _, pixel = losses.reconstruction_loss(pred, target, cfg, priority=priority)
+  assert set(pixel) == {"mse", "dssim", "priority_mse"}
+
+
 def test_bf16_inputs_jit_and_finite_gradients():
   pred, target = _images(11, shape=(2, 64, 64, 3))
   mask = np.ones((2, 64, 64, 1), np.float32)

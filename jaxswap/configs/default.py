@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.mask = 0.0  # MSE of the learned mask against the dataset mask
   c.loss.masked = False  # restrict the image loss to the dataset mask when present
   c.loss.eye_mouth_weight = 0.0  # extra weight on eye/mouth regions (0 disables)
+  # What that weight multiplies: "pixel", the image loss's own MAE/MSE terms on the eye/mouth
+  # pixels (faceswap's eye/mouth multipliers); "mae", a plain MAE there (DeepFaceLab's
+  # eyes_mouth_prio: 300 x MAE beside 10 x DSSIM + 10 x MSE). Both are means over all pixels.
+  c.loss.eye_mouth_loss = "pixel"
   # DeepFaceLab's true_face_power (df models): weight of a code discriminator's loss that pushes
   # the encoder to give A's faces codes it cannot tell from B's, so A's decoder learns on the
   # kind of code a swap feeds it. 0 disables; DeepFaceLab suggests 0.01, small data more.
