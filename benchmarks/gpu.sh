@@ -165,7 +165,7 @@ m = u.module_from_spec(s); s.loader.exec_module(m); print(m.get_config().image_s
         --config.batch_size=8 --config.checkpoint_every=2 --config.preview_every=2 \
         --config.log_every=1 --config.preview_faces=2 > "$OUT/logs/convert_train.log" 2>&1 \
      && timeout --kill-after=10 "$(left)" "$PY" benchmarks/convert_fps.py --input "$VIDEO_A" \
-        --workdir "$work/run" --frames "$CONVERT_FRAMES" --batch "$CONVERT_BATCH" \
+        --workdir "$work/run" --frames "$CONVERT_FRAMES" --batch "$CONVERT_BATCH" --repeat 1 \
         --json "$OUT/convert.json" > "$OUT/logs/convert_fps.log" 2>&1; then
     cat "$OUT/logs/convert_fps.log" >&2
   else
