@@ -21,6 +21,8 @@ _EPS = 1e-8
 # an infinite gradient (tf.image.ssim_multiscale uses relu, which can produce NaN gradients).
 _MS_SSIM_FLOOR = 1e-6
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003.
+# config.loss.eye_mouth_loss: the image loss's own MAE/MSE terms, or a plain MAE (DeepFaceLab).
+EYE_MOUTH_LOSSES = ("pixel", "mae")
 
 
 def _f32(x: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxswap import logs, models, parallel, previews, recovery, swap, xla_flags
+from jaxswap import logs, losses, models, parallel, previews, recovery, swap, xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
@@ -66,7 +66,7 @@ def validate(config) -> None:
   if config.init_from_parts not in swap.INIT_PARTS:
     raise JaxswapError(f"--config.init_from_parts={config.init_from_parts!r} is not one of "
                        f"{', '.join(swap.INIT_PARTS)}")
-  if config.loss.eye_mouth_loss not in ("pixel", "mae"):
+  if config.loss.eye_mouth_loss not in losses.EYE_MOUTH_LOSSES:
     raise JaxswapError(f"--config.loss.eye_mouth_loss={config.loss.eye_mouth_loss!r}: expected "
                        "pixel (the image loss's MAE/MSE terms) or mae (DeepFaceLab's)")
   if config.loss.true_face < 0:
