@@ -6,11 +6,14 @@
 #   bash benchmarks/gpu.sh OUTDIR            (from the repository root; see benchmarks/README.md)
 #
 # Needs: python with jax[cuda], flax, optax, orbax-checkpoint and OpenCV; the other dependencies
-# (benchmarks/gpu_requirements.txt) are installed from WHEELS (default ./wheels) when missing.
+# (benchmarks/gpu_requirements.txt) are installed from WHEELS (default ./wheels) into OUTDIR/site
+# when missing.
 # Settings (environment variables):
 #   PEAK_BF16=989 PEAK_FP32=495   dense TFLOP/s of one GPU (H100/H200 SXM: bf16, TF32 - jax's
 #                                 default float32 precision for convs and dots on GPUs)
 #   CONFIGS="original sae128 liae256"  DTYPES="bfloat16 float32"  BATCHES="64 128 256 512"
+#   BATCHES_FP32=$BATCHES         float32's batches (fewer to fit a short lease: compilation is
+#                                 most of a cell's time)
 #   STEPS=5 WARMUP=1              timed and untimed steps per cell (compilation excluded)
 #   BUDGET_S=540                  wall-clock budget: every part runs under `timeout` with what is
 #                                 left, parts past it are skipped and reported (a device lease of
@@ -77,8 +80,13 @@ if [[ -n $need ]]; then
   WHEELS=${WHEELS:-$ROOT/wheels}
   note "missing modules: $(echo $need); installing from $WHEELS"
   [[ -d $WHEELS ]] || die "no wheel folder $WHEELS for: $(echo $need) (see benchmarks/README.md, GPU)"
-  "$PY" -m pip install --no-index --find-links "$WHEELS" -r "$ROOT/benchmarks/gpu_requirements.txt" \
+  # Into a folder of its own, without dependency resolution: the image's packages (its protobuf,
+  # OpenCV, jax) stay installed and untouched, and mediapipe's pins on OpenCV/sounddevice (never
+  # imported here) do not fail the install. The import check below says what is still missing.
+  "$PY" -m pip install --no-index --no-deps --no-compile --find-links "$WHEELS" \
+    --target "$OUT/site" -r "$ROOT/benchmarks/gpu_requirements.txt" \
     > "$OUT/logs/pip.log" 2>&1 || note "pip install failed, see $OUT/logs/pip.log"
+  export PYTHONPATH="$PYTHONPATH:$OUT/site"
   still=$(missing $TRAIN_MODULES)
   [[ -z $still ]] || die "still missing after pip: $(echo $still) (see $OUT/logs/pip.log)"
 fi
@@ -96,23 +104,23 @@ fi
   | tee "$OUT/logs/jax.txt" >&2
 
 # --- 3. Training throughput (a function: bf16 cells run before conversion, float32 after) ----
+BATCHES_FP32=${BATCHES_FP32:-$BATCHES}
 failed=()
-batch_args=()
-for b in $BATCHES; do batch_args+=(--batch "$b"); done
 for cfg in $CONFIGS; do [[ -f configs/$cfg.py ]] || die "no configs/$cfg.py"; done
 train_cells() {  # $1 = dtype
-  local dtype=$1 peak cfg name rc
+  local dtype=$1 peak cfg name rc b batches batch_args=()
   case $dtype in
-    bfloat16) peak=$PEAK_BF16 ;;
-    float32) peak=$PEAK_FP32 ;;
+    bfloat16) peak=$PEAK_BF16; batches=$BATCHES ;;
+    float32) peak=$PEAK_FP32; batches=$BATCHES_FP32 ;;
     *) die "DTYPES: $dtype is not bfloat16 or float32" ;;
   esac
+  for b in $batches; do batch_args+=(--batch "$b"); done
   for cfg in $CONFIGS; do
     name="train_${cfg}_${dtype}"
     if (( $(left) < 30 )); then
       note "SKIPPED (budget BUDGET_S=$BUDGET_S spent): $name"; failed+=("$name (budget)"); continue
     fi
-    note "training step: $cfg $dtype batch $BATCHES (peak $peak TFLOP/s, $(left) s left) -> $name.json"
+    note "training step: $cfg $dtype batch $batches (peak $peak TFLOP/s, $(left) s left) -> $name.json"
     rc=0
     timeout --signal=INT --kill-after=10 "$(left)" "$PY" benchmarks/train_throughput.py \
       --config "configs/$cfg.py" --dtype "$dtype" "${batch_args[@]}" --peak-tflops "$peak" \

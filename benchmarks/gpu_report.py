@@ -82,6 +82,10 @@ def markdown(rows: list[dict], conv: dict | None, env: dict | None, cut: list[st
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     lines.append("| " + " | ".join(common._fmt(r.get(k)) for k, _ in TRAIN_COLUMNS) + " |")  # pylint: disable=protected-access
+  if env and env.get("backend") == "gpu":
+    # Seen on an H200 (jax 0.11.2): XLA's count was 0.03-0.2 % of peak where flops.py's was 16-52 %.
+    lines += ["", "XLA's cost analysis does not count the convolutions that run as cuDNN custom "
+              "calls: on a GPU, MFU % (model) (benchmarks/flops.py's count) is the figure."]
   if conv:
     lines += ["", "| conversion | fps | / decode->encode |", "|---|---|---|"]
     for kind in CONVERT_KINDS:
