@@ -49,6 +49,18 @@ def enable_compilation_cache(setting: str, workdir: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def warp_phase(config, step: int) -> bool:
+  """Whether the step taking the state from `step` to `step + 1` warps its inputs."""
+  until = config.augment.get("warp_until", 0)
+  return bool(config.augment.warp) and (not until or step < until)
+
+
+def unwarped_config(config) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.augment.warp = False
+  return cfg
+
+
 def validate(config) -> None:
   models.create_model(config)
   if config.augment.color_transfer not in ("none", "rct"):
@@ -60,6 +72,9 @@ def validate(config) -> None:
   if config.resume not in ("auto", "strict"):
     raise JaxswapError(f"--config.resume={config.resume!r}: expected auto (fall back to the newest "
                        "intact checkpoint) or strict (refuse a damaged one)")
+  if config.augment.warp_until < 0:
+    raise JaxswapError(f"--config.augment.warp_until={config.augment.warp_until} must be >= 0 "
+                       "(0: warp the inputs throughout)")
   if not 0.0 <= config.augment.input_hsv <= 1.0:
     raise JaxswapError(f"--config.augment.input_hsv={config.augment.input_hsv} must lie in "
                        "[0, 1] (DeepFaceLab's random_hsv_power; 0.05-0.3 is usual)")
@@ -137,12 +152,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     media.write_bytes(os.path.join(workdir, "config.json"),
                       json.dumps(dict(config.to_dict(), face=loader.spec.face), indent=2).encode())
 
-  # Compile once, ahead of time.
-  step_fn = make_train_step(model, tx, config, mesh)
+  # Compile once, ahead of time (the unwarped step too, once a run reaches augment.warp_until).
   start = int(jax.device_get(state.step))
   example = parallel.global_batch(loader.batch(start), mesh)
-  compiled = step_fn.lower(state, example).compile()
-  logs.log_memory(compiled)
+  step_fns = {}
+
+  def step_for(step: int):
+    warped = warp_phase(config, step)
+    if warped not in step_fns:
+      if not warped:
+        log.info("augment.warp_until=%d: inputs unwarped from step %d on", config.augment.warp_until,
+                 step)
+      cfg = config if warped == config.augment.warp else unwarped_config(config)
+      step_fns[warped] = make_train_step(model, tx, cfg, mesh).lower(state, example).compile()
+      logs.log_memory(step_fns[warped])
+    return step_fns[warped]
+
+  step_for(start)
 
   grid_fn = previews.make_grid_fn(model, min(config.preview_faces, config.batch_size), mesh)
   val_batch = _validation_batch(config, mesh)
@@ -169,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     for step, batch in loader.iterate(start, config.steps, place=place):
       if step == profile_start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      state, metrics = compiled(state, batch)
+      state, metrics = step_for(step)(state, batch)
       done = step + 1
       if done == profile_start + config.profile_steps:
         jax.block_until_ready(state)

@@ -217,6 +217,38 @@ def test_step_without_augmentation_trains_on_the_faces_as_they_are(synthetic_dat
   assert int(new.step) == 1
 
 
+def test_warp_until_trains_unwarped_from_that_step_on(synthetic_data_dir, tmp_path, caplog):
+  """augment.warp_until=2: steps 0-1 are the warped step, steps 2-3 the unwarped one, exactly."""
+  config = tiny_config(synthetic_data_dir, **{"augment.warp_until": 2})
+  with caplog.at_level("INFO", logger="jaxswap.train"):
+    train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  assert "inputs unwarped from step 2 on" in caplog.text
+  _, _, trained = swap.load_run(str(tmp_path / "run"))
+
+  mesh = parallel.make_mesh()
+  loader = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=config.seed)
+  batches = [parallel.global_batch(loader.batch(s), mesh) for s in range(4)]
+  assert [train.warp_phase(config, s) for s in range(4)] == [True, True, False, False]
+
+  def run(phases):
+    model = models.create_model(config)
+    tx = train.make_optimizer(config.optimizer)
+    state = jax.jit(lambda: train.create_state(model, tx, config.seed),
+                    out_shardings=parallel.replicated(mesh))()
+    steps = {True: train.make_train_step(model, tx, config, mesh),
+             False: train.make_train_step(model, tx, train.unwarped_config(config), mesh)}
+    for batch, warped in zip(batches, phases):
+      state, _ = steps[warped](state, batch)
+    return jax.tree_util.tree_leaves(state.params)
+
+  by_hand = run([True, True, False, False])
+  for a, b in zip(jax.tree_util.tree_leaves(trained), by_hand):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  warped_throughout = run([True] * 4)
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(by_hand, warped_throughout))
+
+
 def test_init_from_starts_a_fresh_run_from_another_runs_parameters(synthetic_data_dir, tiny_run,
                                                                     tmp_path):
   """DeepFaceLab's pretraining: a pair run begins with a pretrained run's weights, at step 0."""
@@ -325,6 +357,8 @@ def test_true_face_resumes_and_refuses_to_be_toggled(synthetic_data_dir, tmp_pat
 
 
 def test_levers_outside_their_range_are_refused(synthetic_data_dir):
+  with pytest.raises(JaxswapError, match="warp_until=-1 must be >= 0"):
+    train.validate(tiny_config(synthetic_data_dir, **{"augment.warp_until": -1}))
   with pytest.raises(JaxswapError, match="input_hsv=1.5 must lie in"):
     train.validate(tiny_config(synthetic_data_dir, **{"augment.input_hsv": 1.5}))
   with pytest.raises(JaxswapError, match="true_face=0.1 needs a df model"):

@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.warp = True
   c.augment.warp_grid = 5
   c.augment.warp_sigma = 5.0 / 256.0  # noise std as a fraction of the image size
+  # DeepFaceLab's advice to switch random_warp off once the faces are learnt: > 0 warps the input
+  # only before this step, then trains on unwarped inputs (the affine, flip and colours stay), so
+  # the model stops being taught to ignore where the features lie. 0 warps throughout.
+  c.augment.warp_until = 0
   c.augment.brightness = 0.1
   c.augment.contrast = 0.1
   c.augment.saturation = 0.1
