@@ -189,17 +189,29 @@ class Timing:
 
 def time_jitted(fn, state, batch, steps: int, warmup: int, *, donated: bool = True,
                 next_batch: Callable[[], Any] | None = None):
-  """AOT-compiles fn(state, batch) -> (state, metrics), then times it.
+  """AOT-compiles fn(state, batch) -> (state, metrics), then times it (`time_compiled`).
 
-  Returns (Timing, compiled, final_state). With `donated`, the state is threaded through the
-  steps exactly as the training loop threads it (the input buffers are consumed). With
-  `next_batch`, every step fetches its own batch inside the timed region (end-to-end figure) and
-  the time blocked in that fetch is kept apart (`wait_s`: the input pipeline falling behind).
+  Returns (Timing, compiled, final_state).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
+  timing, state = time_compiled(compiled, state, batch, steps, warmup, donated=donated,
+                                next_batch=next_batch)
+  timing.compile_s = compile_s
+  return timing, compiled, state
+
+
+def time_compiled(compiled, state, batch, steps: int, warmup: int, *, donated: bool = True,
+                  next_batch: Callable[[], Any] | None = None):
+  """Times `steps` calls of a compiled step after `warmup` untimed ones: (Timing, final_state).
+
+  With `donated`, the state is threaded through the steps exactly as the training loop threads
+  it (the input buffers are consumed). With `next_batch`, every step fetches its own batch inside
+  the timed region (end-to-end figure) and the time blocked in that fetch is kept apart
+  (`wait_s`: the input pipeline falling behind).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   times, waits = [], []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
@@ -215,7 +227,7 @@ def time_jitted(fn, state, batch, steps: int, warmup: int, *, donated: bool = Tr
       times.append(dt)
       if next_batch is not None:
         waits.append(t1 - t0)
-  return Timing(compile_s, times, waits), compiled, state
+  return Timing(0.0, times, waits), state
 
 
 def time_python(step: Callable[[], None], steps: int, warmup: int) -> Timing:

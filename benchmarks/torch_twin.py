@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -210,6 +211,13 @@ def check_config(config) -> None:
 def time_torch(config, host_batch: dict, steps: int, warmup: int, threads: int | None = None,
                channels_last: bool = False) -> tuple[common.Timing, dict]:
   """Times the twin's training step on a fixed host batch (uint8 NHWC, converted every step)."""
+  step, info = make_torch_step(config, host_batch, threads, channels_last)
+  return common.time_python(step, steps, warmup), info
+
+
+def make_torch_step(config, host_batch: dict, threads: int | None = None,
+                    channels_last: bool = False) -> tuple[Callable[[], None], dict]:
+  """The twin's training step on a fixed host batch, as a closure, and what it runs with."""
   torch = _torch()
   from jaxswap import models  # pylint: disable=g-import-not-at-top
   check_config(config)
@@ -236,11 +244,10 @@ def time_torch(config, host_batch: dict, steps: int, warmup: int, threads: int |
     loss.backward()
     opt.step()
 
-  timing = common.time_python(step, steps, warmup)
   info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "params": n,
           "memory_format": "channels_last" if channels_last else "contiguous (NCHW)",
           "mkldnn": bool(torch.backends.mkldnn.is_available())}
-  return timing, info
+  return step, info
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py --config configs/original.py --batch 16 --batch 64 \
         [--dtype bfloat16] [--peak-tflops X] [--steps N] [--devices K] [--model-only] \
         [--compare-torch] [--faceswap-loss] [--data-dir DIR | --build-from VIDEO_A VIDEO_B]
-        [--keep-going] [--no-xla-defaults] [--config.KEY=VALUE ...] --json OUT.json
+        [--rounds R] [--keep-going] [--no-xla-defaults] [--config.KEY=VALUE ...] --json OUT.json
 
 Batch is per identity and global (all devices); EGs/s = 2 x batch / step time (faceswap's
 figure). Modes: "full" is `jaxswap.train.make_train_step` exactly (on-device augmentation, loss,
@@ -16,6 +16,9 @@ mesh before timing; with --data-dir each timed step takes the next batch of
 videos with `jaxswap.prepare` in a temporary folder. End-to-end rows report the time each step
 spent blocked on the loader (`loader wait`): near 0 means the input pipeline kept up.
 `--faceswap-loss` also times every mode with faceswap's default training loss (FACESWAP_LOSS).
+`--rounds R` times every cell R times in turn (jax modes, then the twin, again and again), so
+that both sides see the same slow and fast minutes of a shared machine; the comparison then also
+gives the jax / torch ratio of each round and their median.
 The CPU XLA defaults of the entry points (jaxswap.xla_flags) apply unless XLA_FLAGS is set or
 `--no-xla-defaults` is given; the JSON records which.
 """
@@ -136,7 +139,7 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
   example = parallel.global_batch(host, mesh)
   place = functools.partial(parallel.global_batch, mesh=mesh)
   state = init()
-  rows, jax_model_row = [], None
+  cells = []  # (row arguments, compiled step, Timing, per-round medians) per jax loss x mode
   for loss in args.losses:
     cfg = with_loss(config, loss)
     for mode in args.modes:
@@ -150,21 +153,42 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
                                                    next_batch=next_batch)
       if it is not None:
         it.close()  # stops the loader's background thread
-      row = _row(cfg, batch, devices, mode, timing, common.xla_cost(compiled), args.peak_tflops,
-                 loss)
-      row["data"] = "synthetic batch (fixed)" if loader is None else f"StepLoader: {data_dir}"
-      rows.append(row)
-      if mode == "model-only" and loss == "recipe":
-        jax_model_row = row
-      _progress(row)
+      cells.append(dict(cfg=cfg, loss=loss, mode=mode, compiled=compiled, timing=timing,
+                        rounds=[timing.median]))
+  torch_cell = None
   if args.compare_torch:  # the PyTorch twin trains with the recipe's loss (MAE) only
     import torch_twin  # pylint: disable=g-import-not-at-top
-    timing, info = torch_twin.time_torch(config, host, args.steps, args.warmup,
-                                         args.torch_threads, args.torch_channels_last)
+    step, info = torch_twin.make_torch_step(config, host, args.torch_threads,
+                                            args.torch_channels_last)
+    timing = common.time_python(step, args.steps, args.warmup)
+    torch_cell = dict(step=step, info=info, timing=timing, rounds=[timing.median])
+  # --rounds: the same cells again, in turn, so that jax and the twin share the machine's slow
+  # and fast minutes (a 2-core VM drifts 10-25 % from minute to minute); one warm-up each.
+  for _ in range(1, args.rounds):
+    for cell in cells:
+      more, state = common.time_compiled(cell["compiled"], state, example, args.steps, 1)
+      cell["timing"].step_s += more.step_s
+      cell["rounds"].append(more.median)
+    if torch_cell:
+      more = common.time_python(torch_cell["step"], args.steps, 1)
+      torch_cell["timing"].step_s += more.step_s
+      torch_cell["rounds"].append(more.median)
+  rows, jax_model_row = [], None
+  for cell in cells:
+    row = _row(cell["cfg"], batch, devices, cell["mode"], cell["timing"],
+               common.xla_cost(cell["compiled"]), args.peak_tflops, cell["loss"])
+    row["data"] = "synthetic batch (fixed)" if loader is None else f"StepLoader: {data_dir}"
+    row["round_step_s"] = cell["rounds"]
+    rows.append(row)
+    if cell["mode"] == "model-only" and cell["loss"] == "recipe":
+      jax_model_row = row
+    _progress(row)
+  if torch_cell:
     cost = dict(jax_model_row.get("xla_cost_per_device", {})) if jax_model_row and devices == 1 \
         else {}
-    row = _row(config, batch, 1, "torch", timing, cost, args.peak_tflops)
-    row.update(info, flops_source="XLA count of the jax model-only step (same network, loss)")
+    row = _row(config, batch, 1, "torch", torch_cell["timing"], cost, args.peak_tflops)
+    row.update(torch_cell["info"], flops_source="XLA count of the jax model-only step (same "
+               "network, loss)", round_step_s=torch_cell["rounds"])
     rows.append(row)
     _progress(row)
   del state
@@ -198,6 +222,12 @@ def print_comparison(rows: list[dict]) -> None:
       if line[key]:
         line[f"{key}_ratio"] = line[key] / line["torch"]
     out.append(line)
+  rounds = round_ratios(rows)
+  if rounds:
+    print("\nPer round (jax and the twin timed in turn), jax / torch EGs/s: median [min .. max]")
+    for (name, batch, key), ratios in rounds.items():
+      print(f"  {name} batch {batch} {key}: {statistics.median(ratios):.3f} "
+            f"[{min(ratios):.3f} .. {max(ratios):.3f}] over {len(ratios)} rounds")
   if out:
     print("\nEGs/s side by side (jax / torch > 1 means jaxswap is faster):")
     common.print_table(out, [("config", "config"), ("batch", "batch"), ("full", "jax full step"),
@@ -205,6 +235,20 @@ def print_comparison(rows: list[dict]) -> None:
                              ("torch", "torch twin (MAE)"), ("full_ratio", "full / torch"),
                              ("model_ratio", "model-only / torch"),
                              ("fs_ratio", "faceswap-loss full / torch")])
+
+
+def round_ratios(rows: list[dict]) -> dict[tuple, list[float]]:
+  """{(config, batch, jax cell): [jax / torch EGs/s of each round]} where rounds were timed."""
+  torch_rounds = {(r["config"], r["batch"]): r["round_step_s"] for r in rows
+                  if r.get("mode") == "torch" and len(r.get("round_step_s", [])) > 1}
+  out = {}
+  for r in rows:
+    key = (r.get("config"), r.get("batch"))
+    if r.get("mode") in (None, "torch") or key not in torch_rounds:
+      continue
+    label = r["mode"] if r.get("loss", "recipe") == "recipe" else f"{r['mode']} faceswap"
+    out[key + (label,)] = [t / j for j, t in zip(r["round_step_s"], torch_rounds[key])]
+  return out
 
 
 def print_loader(rows: list[dict]) -> None:
@@ -253,6 +297,9 @@ def main() -> None:
                       help="a failing batch size (e.g. out of memory) becomes a row with its "
                            "error instead of stopping the run")
   parser.add_argument("--data-name", default=None, help="default: the config's data.name")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="time every cell (jax modes and the twin) this many times, in turn, "
+                           "--steps each; ratios are then given per round (synthetic batch only)")
   common.add_common_args(parser, default_steps=5)
   args = common.parse_args(parser)
   args.modes = ([] if args.no_full else ["full"]) + (
@@ -261,6 +308,11 @@ def main() -> None:
     parser.error("--no-full needs --model-only or --compare-torch")
   if args.data_dir and args.build_from:
     parser.error("--data-dir and --build-from are alternatives")
+  if args.rounds < 1:
+    parser.error("--rounds must be positive")
+  if args.rounds > 1 and (args.data_dir or args.build_from):
+    parser.error("--rounds times the fixed synthetic batch; it cannot be combined with "
+                 "--data-dir or --build-from")
   if args.build_every_n < 1:
     parser.error("--build-every-n must be positive")
   args.losses = ["recipe"] + (["faceswap"] if args.faceswap_loss else [])
@@ -326,7 +378,8 @@ def main() -> None:
       "faceswap_loss": FACESWAP_LOSS if args.faceswap_loss else None,
       "dataset": built.report if built else args.data_dir,
       "loader_bound_threshold": LOADER_BOUND,
-      "rows": rows, "interrupted": interrupted, "load_average_after": common.load_average()})
+      "rows": rows, "round_ratios": {" ".join(map(str, k)): v for k, v in round_ratios(rows).items()},
+      "interrupted": interrupted, "load_average_after": common.load_average()})
   if interrupted:  # skip interpreter teardown: it may wait on the interrupted device work
     sys.stdout.flush()
     sys.stderr.flush()
