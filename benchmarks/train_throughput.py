@@ -139,7 +139,7 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
   example = parallel.global_batch(host, mesh)
   place = functools.partial(parallel.global_batch, mesh=mesh)
   state = init()
-  cells = []  # (row arguments, compiled step, Timing, per-round medians) per jax loss x mode
+  cells = []  # per jax loss x mode: its config, compiled step, Timing and per-round medians
   for loss in args.losses:
     cfg = with_loss(config, loss)
     for mode in args.modes:

@@ -51,7 +51,7 @@ def enable_compilation_cache(setting: str, workdir: str) -> None:
 
 def warp_phase(config, step: int) -> bool:
   """Whether the step taking the state from `step` to `step + 1` warps its inputs."""
-  until = config.augment.get("warp_until", 0)
+  until = config.augment.warp_until
   return bool(config.augment.warp) and (not until or step < until)
 
 
@@ -160,10 +160,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   def step_for(step: int):
     warped = warp_phase(config, step)
     if warped not in step_fns:
-      if not warped:
+      cfg = config
+      if config.augment.warp and not warped:  # warp_until reached
         log.info("augment.warp_until=%d: inputs unwarped from step %d on", config.augment.warp_until,
                  step)
-      cfg = config if warped == config.augment.warp else unwarped_config(config)
+        cfg = unwarped_config(config)
       step_fns[warped] = make_train_step(model, tx, cfg, mesh).lower(state, example).compile()
       logs.log_memory(step_fns[warped])
     return step_fns[warped]
