@@ -3,7 +3,8 @@
     python benchmarks/train_throughput.py --config configs/original.py --batch 16 --batch 64 \
         [--dtype bfloat16] [--peak-tflops X] [--steps N] [--devices K] [--model-only] \
         [--compare-torch] [--faceswap-loss] [--data-dir DIR | --build-from VIDEO_A VIDEO_B]
-        [--rounds R] [--keep-going] [--no-xla-defaults] [--config.KEY=VALUE ...] --json OUT.json
+        [--rounds R] [--profile DIR] [--keep-going] [--no-xla-defaults] [--config.KEY=VALUE ...]
+        --json OUT.json
 
 Batch is per identity and global (all devices); EGs/s = 2 x batch / step time (faceswap's
 figure). Modes: "full" is `jaxswap.train.make_train_step` exactly (on-device augmentation, loss,
@@ -19,6 +20,10 @@ spent blocked on the loader (`loader wait`): near 0 means the input pipeline kep
 `--rounds R` times every cell R times in turn (jax modes, then the twin, again and again), so
 that both sides see the same slow and fast minutes of a shared machine; the comparison then also
 gives the jax / torch ratio of each round and their median.
+`--profile DIR` traces `--profile-steps` more steps of every jax cell with jax.profiler (traces
+kept under DIR) and reports where the device time went, per HLO op and category (cuDNN
+convolutions, matmuls, elementwise/reduction fusions, copies) and how busy the device was
+(benchmarks/profile_ops.py); the rows' "profile" field holds it.
 The CPU XLA defaults of the entry points (jaxswap.xla_flags) apply unless XLA_FLAGS is set or
 `--no-xla-defaults` is given; the JSON records which.
 """
@@ -35,6 +40,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -153,8 +159,14 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
                                                    next_batch=next_batch)
       if it is not None:
         it.close()  # stops the loader's background thread
+      profile = None
+      if args.profile and it is None:
+        name = f"{config.model.name}_{config.dtype}_b{batch}_{mode}_{loss}"
+        profile, state = profile_ops.profile_compiled(
+            compiled, state, example, args.profile_steps, os.path.join(args.profile, name))
+        profile_ops.print_summary(profile, name)
       cells.append(dict(cfg=cfg, loss=loss, mode=mode, compiled=compiled, timing=timing,
-                        rounds=[timing.median]))
+                        rounds=[timing.median], profile=profile))
   torch_cell = None
   if args.compare_torch:  # the PyTorch twin trains with the recipe's loss (MAE) only
     import torch_twin  # pylint: disable=g-import-not-at-top
@@ -179,6 +191,8 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
                common.xla_cost(cell["compiled"]), args.peak_tflops, cell["loss"])
     row["data"] = "synthetic batch (fixed)" if loader is None else f"StepLoader: {data_dir}"
     row["round_step_s"] = cell["rounds"]
+    if cell["profile"]:
+      row["profile"] = cell["profile"]
     rows.append(row)
     if cell["mode"] == "model-only" and cell["loss"] == "recipe":
       jax_model_row = row
@@ -300,6 +314,10 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=1,
                       help="time every cell (jax modes and the twin) this many times, in turn, "
                            "--steps each; ratios are then given per round (synthetic batch only)")
+  parser.add_argument("--profile", default=None, metavar="DIR",
+                      help="trace --profile-steps more steps of every jax cell into DIR and "
+                           "report device time per HLO op and category (synthetic batch only)")
+  parser.add_argument("--profile-steps", type=int, default=3)
   common.add_common_args(parser, default_steps=5)
   args = common.parse_args(parser)
   args.modes = ([] if args.no_full else ["full"]) + (
@@ -313,6 +331,11 @@ def main() -> None:
   if args.rounds > 1 and (args.data_dir or args.build_from):
     parser.error("--rounds times the fixed synthetic batch; it cannot be combined with "
                  "--data-dir or --build-from")
+  if args.profile and (args.data_dir or args.build_from):
+    parser.error("--profile traces the fixed synthetic batch; it cannot be combined with "
+                 "--data-dir or --build-from")
+  if args.profile_steps < 1:
+    parser.error("--profile-steps must be positive")
   if args.build_every_n < 1:
     parser.error("--build-every-n must be positive")
   args.losses = ["recipe"] + (["faceswap"] if args.faceswap_loss else [])

@@ -81,6 +81,23 @@ def test_ssim_agrees_with_dm_pix_default_filter():
   np.testing.assert_allclose(losses.ssim(a, b), pix.ssim(a, b), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", losses.BLUR_METHODS)
+def test_both_blur_forms_match_the_float64_blur_and_each_others_gradient(method):
+  a, b = _images(5, shape=(2, 24, 20, 3))
+  blur = losses.gaussian_filter(11, 1.5, method)
+  np.testing.assert_allclose(blur(a), _blur_ref(a), atol=1e-6)
+  grad = lambda m: jax.grad(lambda x: jnp.sum(losses.gaussian_filter(11, 1.5, m)(x) * b[:, 5:19, 5:15]))(a)  # noqa: E731
+  np.testing.assert_allclose(grad(method), grad("band" if method == "shift" else "shift"),
+                             atol=1e-6)
+
+
+def test_blur_form_follows_the_backend():
+  assert losses.blur_method("cpu") == "band"
+  assert losses.blur_method("gpu") == losses.blur_method("tpu") == "shift"
+  with pytest.raises(ValueError, match="blur method 'fft'"):
+    losses.gaussian_filter(11, 1.5, "fft")
+
+
 def test_dssim_is_mean_of_half_one_minus_ssim():
   a, b = _images(4)
   ref = np.mean((1 - _ssim_ref_terms(a, b)[0].mean(-1)) / 2)
