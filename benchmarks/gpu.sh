@@ -159,6 +159,9 @@ convert_part() {
   elif (( $(left) < 60 )); then
     note "SKIPPED (budget BUDGET_S=$BUDGET_S spent): conversion"; failed+=("convert (budget)"); return
   fi
+  # convert_fps reads the faces from the alignments prepare wrote for VIDEO_A (every EVERY_N-th
+  # frame, the rest filled in along the track), as the CPU figures do: detecting on the fly
+  # would time mediapipe on the host's CPU (26 ms a 720p frame on the H200's host, 4 Dec).
   note "conversion: dataset from $VIDEO_A + $VIDEO_B, a 2-step $CONVERT_CONFIG run, then convert_fps"
   local work="$OUT/convert_work" size
   size=$("$PY" -c "
@@ -172,9 +175,10 @@ m = u.module_from_spec(s); s.loader.exec_module(m); print(m.get_config().image_s
         --config.data.dir="$work/data" --config.data.name=jaxswap_faces --config.steps=2 \
         --config.batch_size=8 --config.checkpoint_every=2 --config.preview_every=2 \
         --config.log_every=1 --config.preview_faces=2 > "$OUT/logs/convert_train.log" 2>&1 \
+     && align=$(ls "$work"/data/extracted/a/*/alignments.json | head -1) \
      && timeout --kill-after=10 "$(left)" "$PY" benchmarks/convert_fps.py --input "$VIDEO_A" \
         --workdir "$work/run" --frames "$CONVERT_FRAMES" --batch "$CONVERT_BATCH" --repeat 1 \
-        --json "$OUT/convert.json" > "$OUT/logs/convert_fps.log" 2>&1; then
+        --alignments "$align" --json "$OUT/convert.json" > "$OUT/logs/convert_fps.log" 2>&1; then
     cat "$OUT/logs/convert_fps.log" >&2
   else
     note "FAILED: conversion (see $OUT/logs/convert_*.log); continuing"

@@ -30,6 +30,9 @@ _CONV_TARGETS = {"__cudnn$convForward": "conv forward (cuDNN)",
                  "__cudnn$convBiasActivationForward": "conv forward (cuDNN)",
                  "__cudnn$convBackwardInput": "conv backward-input (cuDNN)",
                  "__cudnn$convBackwardFilter": "conv backward-filter (cuDNN)"}
+# XLA:GPU replays runs of small kernels (fusions, copies) as one CUDA graph, a "command buffer"
+# thunk that the HLO text does not name.
+_COMMAND_BUFFER = "command buffer (CUDA graph of small fusions)"
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
@@ -121,9 +124,11 @@ def summarise(trace_dir: str, hlo_text: str, steps: int, wall_s: float,
         per_op[op] += event.duration_ns
         intervals.append((start, start + event.duration_ns))
   total_ns = sum(per_op.values())
+  cat = lambda op: cats.get(op) or (  # noqa: E731
+      _COMMAND_BUFFER if op.startswith("command_buffer") else "unknown")
   per_cat = collections.Counter()
   for op, ns in per_op.items():
-    per_cat[cats.get(op, "unknown")] += ns
+    per_cat[cat(op)] += ns
   ms = lambda ns: ns / 1e6 / steps  # noqa: E731  (per step)
   busy_s = _merged_length(intervals) / 1e9
   return {
@@ -132,7 +137,7 @@ def summarise(trace_dir: str, hlo_text: str, steps: int, wall_s: float,
       "lines": sorted(lines_used),
       "by_category": [{"category": c, "ms_per_step": ms(ns), "share": ns / total_ns}
                       for c, ns in per_cat.most_common()] if total_ns else [],
-      "top_ops": [{"op": op, "category": cats.get(op, "unknown"), "ms_per_step": ms(ns),
+      "top_ops": [{"op": op, "category": cat(op), "ms_per_step": ms(ns),
                    "share": ns / total_ns} for op, ns in per_op.most_common(top)],
   }
 
