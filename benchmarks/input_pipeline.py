@@ -1,12 +1,15 @@
 """Host input pipeline vs the train step: can `jaxswap.data.loader.StepLoader` keep the device fed?
 
     python benchmarks/input_pipeline.py --data-dir DIR --name jaxswap_faces --batch 64 \
-        [--config configs/original.py] [--workers 2] [--prefetch 2] --json OUT.json
+        [--config configs/original.py] [--workers 2] [--prefetch 2] [--cache-mb MB] --json OUT.json
 
 Measures, per batch size (per identity, per process):
   loader     StepLoader.iterate (background thread + decode pool) with an instant consumer:
              batches/s and faces/s (2 x batch per batch) the host can produce.
   serial     StepLoader.batch without a pool: one thread's decode rate, for reference.
+  cached     StepLoader.iterate once every face is in the decoded-face cache (config
+             data.cache_mb, or --cache-mb; the loader is first run through one epoch): the
+             rate from the second epoch on. "loader" and "serial" decode every face.
   transfer   parallel.global_batch (host -> mesh) of one batch.
   step       the config's jitted train step on a fixed batch: the rate the device consumes.
   end-to-end the step fed by the loader (iterate + transfer + step), as jaxswap.train runs it.
@@ -59,7 +62,7 @@ def bench_batch(config, data_dir: str, name: str, batch: int, args, mesh) -> dic
   workers = args.workers or config.data.workers
   prefetch = args.prefetch or config.data.prefetch
   loader = data.StepLoader(data_dir, name, "train", batch, seed=config.seed, workers=workers,
-                           prefetch=prefetch)
+                           prefetch=prefetch)  # no cache: every batch decodes
   row = dict(config=config.model.name, dataset=name, batch=batch, workers=workers,
              prefetch=prefetch, image_size=loader.spec.image_size,
              train_examples=loader.spec.num_examples)
@@ -78,6 +81,21 @@ def bench_batch(config, data_dir: str, name: str, batch: int, args, mesh) -> dic
   print(f"  batch {batch}: loader {row['loader_batches_per_s']:.3g} batches/s "
         f"({row['loader_faces_per_s']:.4g} faces/s), serial {row['serial_faces_per_s']:.4g} "
         f"faces/s, transfer {transfer.median * 1e3:.3g} ms", flush=True)
+  cache_mb = config.data.cache_mb if args.cache_mb is None else args.cache_mb
+  if cache_mb > 0:
+    cached = data.StepLoader(data_dir, name, "train", batch, seed=config.seed, workers=workers,
+                             prefetch=prefetch, cache_bytes=int(cache_mb * 2**20))
+    epoch = -(-max(cached.spec.num_examples.values()) // batch)  # steps that draw every face
+    for _ in cached.iterate(0, epoch):
+      pass
+    cached_t = time_loader(cached, args.steps, args.warmup)
+    row.update(cache_mb=cache_mb, cached_faces=len(cached.cache),
+               cached_mb=cached.cached_bytes / 2**20,
+               cached_batches_per_s=1 / statistics.mean(cached_t.step_s))
+    row["cached_faces_per_s"] = 2 * batch * row["cached_batches_per_s"]
+    print(f"  batch {batch}: cached loader {row['cached_faces_per_s']:.4g} faces/s "
+          f"({row['cached_faces']} faces, {row['cached_mb']:.0f} MB in the cache)", flush=True)
+
   if args.skip_step:
     return row
   if args.step_from:
@@ -132,6 +150,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, action="append", help="per identity; repeatable")
   parser.add_argument("--workers", type=int, default=None, help="decode threads (config default)")
   parser.add_argument("--prefetch", type=int, default=None, help="batches ahead (config default)")
+  parser.add_argument("--cache-mb", type=float, default=None,
+                      help="decoded-face cache of the 'cached' figure (config's data.cache_mb; "
+                           "0: skip that figure)")
   parser.add_argument("--step-steps", type=int, default=3, help="timed train steps")
   parser.add_argument("--skip-step", action="store_true", help="time the host side only")
   parser.add_argument("--step-from", default=None, metavar="TRAIN.json",
@@ -165,6 +186,7 @@ def main() -> None:
   common.print_table(rows, [
       ("batch", "batch"), ("workers", "workers"), ("loader_batches_per_s", "loader batch/s"),
       ("loader_faces_per_s", "loader faces/s"), ("serial_faces_per_s", "1-thread faces/s"),
+      ("cached_faces_per_s", "cached faces/s"),
       ("transfer_s", "transfer s"), ("step_s", f"{config.model.name} step s"),
       ("end_to_end_step_s", "end-to-end step s"), ("headroom", "headroom")])
   common.write_json(args.json, {

@@ -135,7 +135,8 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
   if data_dir:
     loader = data.StepLoader(data_dir, args.data_name or config.data.name, "train", batch,
                              seed=config.seed, workers=config.data.workers,
-                             prefetch=config.data.prefetch)
+                             prefetch=config.data.prefetch,
+                             cache_bytes=int(config.data.cache_mb * 2**20))
     if loader.spec.image_size != config.image_size:
       raise JaxswapError(f"{data_dir} holds {loader.spec.image_size} px faces, but "
                          f"{config.model.name} takes {config.image_size} px")

@@ -31,7 +31,7 @@ RESULT_NEUTRAL = frozenset({
     "steps", "log_every", "preview_every", "preview_faces", "checkpoint_every",
     "keep_checkpoints", "profile_steps", "compilation_cache", "resume", "init_from",
     "init_from_parts",
-    "data.prefetch", "data.workers", "data.dir", "data.skip_corrupt",
+    "data.prefetch", "data.workers", "data.cache_mb", "data.dir", "data.skip_corrupt",
 })
 
 

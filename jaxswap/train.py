@@ -121,7 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
                            process_index=jax.process_index(),
                            process_count=jax.process_count(), shards=config.data.shards,
                            workers=config.data.workers, prefetch=config.data.prefetch,
-                           skip_corrupt=config.data.skip_corrupt)
+                           skip_corrupt=config.data.skip_corrupt,
+                           cache_bytes=int(config.data.cache_mb * 2**20))
   if loader.spec.image_size != config.image_size:
     raise JaxswapError(
         f"dataset {config.data.name!r} in {config.data.dir!r} holds {loader.spec.image_size} px "

@@ -69,6 +69,40 @@ def test_batches_depend_only_on_seed_and_step(synthetic_data_dir):
   assert len(set(per_epoch.tolist())) == len(per_epoch)
 
 
+def test_decoded_face_cache_gives_the_same_batches_and_stops_reading(synthetic_data_dir):
+  plain = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1)
+  cached = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1,
+                           cache_bytes=2**30)
+  reads = []
+  for ident, parts in cached.sources.items():
+    for src in parts:
+      real = src.__getitems__
+      src.__getitems__ = lambda idx, real=real, ident=ident: reads.append((ident, len(idx))) \
+          or real(idx)
+  n = max(cached.spec.num_examples.values())
+  epoch = -(-n // 8)
+  for step in range(epoch):  # the first epoch reads (and keeps) every face
+    for key, value in plain.batch(step).items():
+      np.testing.assert_array_equal(cached.batch(step)[key], value)
+  assert len(cached.cache) == sum(cached.spec.num_examples.values())
+  face = next(iter(cached.cache.values()))
+  assert cached.cached_bytes == len(cached.cache) * sum(a.nbytes for a in face.values())
+  reads.clear()
+  for step in (epoch, epoch + 3, 5 * epoch + 1):  # later epochs: the same batches, no reads
+    for key, value in plain.batch(step).items():
+      np.testing.assert_array_equal(cached.batch(step)[key], value)
+  assert reads == []
+  # A budget of three faces keeps three; the others are decoded each time, batches unchanged.
+  size = sum(a.nbytes for a in face.values())
+  small = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1,
+                          cache_bytes=3 * size + size // 2)
+  for step in range(3):
+    np.testing.assert_array_equal(small.batch(step)["image_b"], plain.batch(step)["image_b"])
+  assert len(small.cache) == 3 and small.cached_bytes == 3 * size
+  with pytest.raises(JaxswapError, match="cache_mb must be >= 0"):
+    data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1, cache_bytes=-1)
+
+
 def test_processes_read_disjoint_shards_of_the_same_global_batch(synthetic_data_dir):
   kw = dict(seed=0, shards=2)
   one = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, **kw)
