@@ -254,21 +254,27 @@ def _elementwise_matmul(m: jax.Array, x: jax.Array) -> jax.Array:
                     for i in range(3)], axis=-1)
 
 
+def _pow(x: jax.Array, p: float) -> jax.Array:
+  """x ** p for x > 0 as exp(p log x): XLA:CPU's pow and cbrt are not vectorised, and cost 5x
+  (pow) and 15x (cbrt) the exp/log pair here; float32 results agree to ~1e-7 relative."""
+  return jnp.exp(p * jnp.log(x))
+
+
 def _linear(c: jax.Array) -> jax.Array:
   """sRGB gamma removed."""
-  return jnp.where(c > 0.04045, ((jnp.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
+  return jnp.where(c > 0.04045, _pow((jnp.maximum(c, 0.04045) + 0.055) / 1.055, 2.4), c / 12.92)
 
 
 def _gamma(c: jax.Array) -> jax.Array:
   c = jnp.clip(c, 0.0, 1.0)
-  return jnp.where(c > 0.0031308, 1.055 * jnp.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055,
+  return jnp.where(c > 0.0031308, 1.055 * _pow(jnp.maximum(c, 0.0031308), 1 / 2.4) - 0.055,
                    12.92 * c)
 
 
 def rgb_to_lab(rgb: jax.Array) -> jax.Array:
   """sRGB in [0, 1] -> L* in [0, 100], a*, b* (OpenCV's float COLOR_RGB2Lab)."""
   xyz = _elementwise_matmul(_RGB_TO_XYZ, _linear(jnp.clip(rgb, 0.0, 1.0)))
-  f = jnp.where(xyz > _DELTA**3, jnp.cbrt(jnp.maximum(xyz, _DELTA**3)),
+  f = jnp.where(xyz > _DELTA**3, _pow(jnp.maximum(xyz, _DELTA**3), 1 / 3),
                 xyz / (3 * _DELTA**2) + 4.0 / 29.0)
   return jnp.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
