@@ -21,6 +21,8 @@
 #   VIDEO_A, VIDEO_B              videos for the conversion run (default: shared/data/videos/
 #                                 obama.mp4 and man_glasses.mp4, here or in ../shared)
 #   CONVERT_FRAMES=0:300 CONVERT_BATCH=64 SKIP_CONVERT=1
+#   PROFILE=1                     also trace 3 steps of each bf16 cell and report the device
+#                                 time per category (train_throughput.py --profile) in gpu.md
 #   JAXSWAP_GPU_SMOKE=1           CPU smoke test of this script: tiny config, batch 2, 1 step,
 #                                 no GPU required (checks the plumbing, not the figures)
 set -euo pipefail
@@ -110,7 +112,8 @@ for cfg in $CONFIGS; do [[ -f configs/$cfg.py ]] || die "no configs/$cfg.py"; do
 train_cells() {  # $1 = dtype
   local dtype=$1 peak cfg name rc b batches batch_args=()
   case $dtype in
-    bfloat16) peak=$PEAK_BF16; batches=$BATCHES ;;
+    bfloat16) peak=$PEAK_BF16; batches=$BATCHES
+              [[ ${PROFILE:-0} == 1 ]] && batch_args+=(--profile "$OUT/profile" --profile-steps 3) ;;
     float32) peak=$PEAK_FP32; batches=$BATCHES_FP32 ;;
     *) die "DTYPES: $dtype is not bfloat16 or float32" ;;
   esac

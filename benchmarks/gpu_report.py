@@ -43,6 +43,8 @@ def train_rows(outdir: str) -> tuple[list[dict], dict | None, list[str]]:
           out[dst] = 100 * r[src]
       out["peak_tflops"] = data.get("peak_tflops")
       out["source"] = os.path.basename(path)
+      if r.get("profile"):
+        out["profile"] = r["profile"]
       rows.append(out)
   return rows, env, cut
 
@@ -86,6 +88,23 @@ def markdown(rows: list[dict], conv: dict | None, env: dict | None, cut: list[st
     # Seen on an H200 (jax 0.11.2): XLA's count was 0.03-0.2 % of peak where flops.py's was 16-52 %.
     lines += ["", "XLA's cost analysis does not count the convolutions that run as cuDNN custom "
               "calls: on a GPU, MFU % (model) (benchmarks/flops.py's count) is the figure."]
+  profiled = [r for r in rows if r.get("profile")]
+  if profiled:  # PROFILE=1: device time by category, one column per profiled cell
+    cats = sorted({c["category"] for r in profiled for c in r["profile"]["by_category"]},
+                  key=lambda c: -max(x["share"] for r in profiled
+                                     for x in r["profile"]["by_category"] if x["category"] == c))
+    names = [f"{r['config']} {r['dtype']} b{r['batch']}" for r in profiled]
+    lines += ["", "Device time per step by category (`--profile`; ms, share):", "",
+              "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for c in cats:
+      cells = []
+      for r in profiled:
+        x = next((x for x in r["profile"]["by_category"] if x["category"] == c), None)
+        cells.append(f"{x['ms_per_step']:.3g} ({100 * x['share']:.0f} %)" if x else "-")
+      lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append("| device busy | " + " | ".join(
+        f"{100 * r['profile']['device_busy']:.0f} %" if r["profile"].get("device_busy")
+        else "-" for r in profiled) + " |")
   if conv:
     lines += ["", "| conversion | fps | / decode->encode |", "|---|---|---|"]
     for kind in CONVERT_KINDS:
