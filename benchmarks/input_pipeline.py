@@ -84,7 +84,7 @@ def bench_batch(config, data_dir: str, name: str, batch: int, args, mesh) -> dic
   cache_mb = config.data.cache_mb if args.cache_mb is None else args.cache_mb
   if cache_mb > 0:
     cached = data.StepLoader(data_dir, name, "train", batch, seed=config.seed, workers=workers,
-                             prefetch=prefetch, cache_bytes=int(cache_mb * 2**20))
+                             prefetch=prefetch, cache_mb=cache_mb)
     epoch = -(-max(cached.spec.num_examples.values()) // batch)  # steps that draw every face
     for _ in cached.iterate(0, epoch):
       pass

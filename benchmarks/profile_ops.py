@@ -99,7 +99,7 @@ def _merged_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def summarise(trace_dir: str, hlo_text: str, steps: int, wall_s: float,
-              module: str | None = None, top: int = 15) -> dict[str, Any]:
+              top: int = 15) -> dict[str, Any]:
   """Sums the device events of the newest trace under trace_dir (see the module docstring)."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
@@ -122,7 +122,7 @@ def summarise(trace_dir: str, hlo_text: str, steps: int, wall_s: float,
         op = stats.get("hlo_op")
         if op is None and op_lines:
           op = event.name
-        if op is None or (module and stats.get("hlo_module", module) != module):
+        if op is None:
           continue
         lines_used.add(f"{plane.name}: {line.name}")
         start = event.start_ns

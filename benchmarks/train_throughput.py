@@ -136,7 +136,7 @@ def _bench_batch(config, batch: int, args, mesh, data_dir: str | None) -> list[d
     loader = data.StepLoader(data_dir, args.data_name or config.data.name, "train", batch,
                              seed=config.seed, workers=config.data.workers,
                              prefetch=config.data.prefetch,
-                             cache_bytes=int(config.data.cache_mb * 2**20))
+                             cache_mb=config.data.cache_mb)
     if loader.spec.image_size != config.image_size:
       raise JaxswapError(f"{data_dir} holds {loader.spec.image_size} px faces, but "
                          f"{config.model.name} takes {config.image_size} px")

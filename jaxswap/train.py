@@ -122,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
                            process_count=jax.process_count(), shards=config.data.shards,
                            workers=config.data.workers, prefetch=config.data.prefetch,
                            skip_corrupt=config.data.skip_corrupt,
-                           cache_bytes=int(config.data.cache_mb * 2**20))
+                           cache_mb=config.data.cache_mb)
   if loader.spec.image_size != config.image_size:
     raise JaxswapError(
         f"dataset {config.data.name!r} in {config.data.dir!r} holds {loader.spec.image_size} px "

@@ -72,7 +72,7 @@ def test_batches_depend_only_on_seed_and_step(synthetic_data_dir):
 def test_decoded_face_cache_gives_the_same_batches_and_stops_reading(synthetic_data_dir):
   plain = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1)
   cached = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1,
-                           cache_bytes=2**30)
+                           cache_mb=1024)
   reads = []
   for ident, parts in cached.sources.items():
     for src in parts:
@@ -95,12 +95,12 @@ def test_decoded_face_cache_gives_the_same_batches_and_stops_reading(synthetic_d
   # A budget of three faces keeps three; the others are decoded each time, batches unchanged.
   size = sum(a.nbytes for a in face.values())
   small = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1,
-                          cache_bytes=3 * size + size // 2)
+                          cache_mb=(3 * size + size // 2) / 2**20)
   for step in range(3):
     np.testing.assert_array_equal(small.batch(step)["image_b"], plain.batch(step)["image_b"])
   assert len(small.cache) == 3 and small.cached_bytes == 3 * size
   with pytest.raises(JaxswapError, match="cache_mb must be >= 0"):
-    data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1, cache_bytes=-1)
+    data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=1, cache_mb=-1)
 
 
 def test_processes_read_disjoint_shards_of_the_same_global_batch(synthetic_data_dir):

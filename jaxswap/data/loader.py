@@ -55,8 +55,8 @@ class StepLoader:
   batch does not depend on how many processes share the parts, a run resumed with a different
   process count (same `shards`) sees exactly the batches the uninterrupted run would have seen.
   Decoding runs in a thread pool (cv2 releases the GIL), `prefetch` steps ahead. With
-  `cache_bytes` > 0 every face decoded is kept (as the uint8 arrays a batch stacks) until the
-  cache holds that many bytes; a cached face is never read or decoded again. A pair's dataset
+  `cache_mb` > 0 (config data.cache_mb) every face decoded is kept (as the uint8 arrays a batch
+  stacks) until the cache holds that many MiB; a cached face is never read or decoded again. A pair's dataset
   (a few thousand 128 px faces, ~80 KB each) fits in a few hundred MB, and a fast device then
   no longer waits on PNG decoding; the batches are the same with or without the cache.
   """
@@ -64,7 +64,7 @@ class StepLoader:
   def __init__(self, data_dir: str, name: str, split: str, batch_size: int, *, seed: int,
                process_index: int = 0, process_count: int = 1, shards: int = 0,
                workers: int = 2, prefetch: int = 2, skip_corrupt: bool = False,
-               cache_bytes: int = 0):
+               cache_mb: float = 0):
     shards = shards or process_count
     if shards % process_count:
       raise JaxswapError(f"--config.data.shards={shards} must be a multiple of the "
@@ -87,9 +87,9 @@ class StepLoader:
     self.prefetch = max(1, prefetch)
     self.name, self.split, self.skip_corrupt = name, split, skip_corrupt
     self.damaged: set[tuple[str, int, int]] = set()  # (identity, part, index) found unreadable
-    if cache_bytes < 0:
-      raise JaxswapError(f"--config.data.cache_mb must be >= 0 (got {cache_bytes / 2**20:g})")
-    self.cache_bytes = int(cache_bytes)
+    if cache_mb < 0:
+      raise JaxswapError(f"--config.data.cache_mb must be >= 0 (got {cache_mb:g})")
+    self.cache_bytes = int(cache_mb * 2**20)
     self.cache: dict[tuple[str, int, int], dict] = {}  # (identity, part, index) -> decoded face
     self.cached_bytes = 0
     self._cache_full_logged = False
