@@ -94,38 +94,40 @@ def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def space_to_depth_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-  """A "SAME" stride-2 k x k conv (NHWC/HWIO) as space-to-depth + a stride-1 ceil(k/2)^2 conv.
+def patches_conv(x: jax.Array, w: jax.Array, stride: int = 2, precision=None,
+                 preferred_element_type=None) -> jax.Array:
+  """A "SAME" k x k conv (NHWC/HWIO) as explicit patches (k*k strided slices) and one dot.
 
-  The same function: out[i] = sum_t xp[2i + t] w[t] pairs the taps t = 2j + r into a (k+1)/2-tap
-  conv over 2x2 pixel blocks (4C channels); the kernel's missing sixth tap is zero. Why: XLA's CPU
-  backend runs the input gradient of a stride-2 conv whose output is smaller than its kernel
-  (original's 8x8 -> 4x4 layer) as a naive loop, ~5x slower than this formulation.
+  out[b, i, j] = sum_(t, u, c) xp[b, s*i + t, s*j + u, c] w[t, u, c]: the slices, concatenated
+  in (t, u, c) order, meet the kernel reshaped to (k*k*C, O) in a single matrix product, whose
+  backward is two more matrix products and the slices' scatter-add. Why: XLA's CPU backend runs
+  the input gradient of a stride-2 conv whose output is smaller than its kernel (original's
+  8x8 -> 4x4 layer) as a naive loop; as patches + dot that layer's forward and backward take
+  half the time of the space-to-depth form used before and ~1/80 of the naive loop
+  (benchmarks/README.md, "CPU performance ideas").
   """
   b, n, _, c = x.shape
   k, o = w.shape[0], w.shape[-1]
-  lo, _ = _same_pads(n, k, 2)
-  taps = (k + 1) // 2
-  size = 2 * (-(-n // 2) + taps - 1)  # padded length the taps-wide conv needs
-  xp = jnp.pad(x, ((0, 0), (lo, size - n - lo), (lo, size - n - lo), (0, 0)))
-  m = size // 2
-  xs = xp.reshape(b, m, 2, m, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, m, m, 4 * c)
-  wp = jnp.pad(w, ((0, 2 * taps - k), (0, 2 * taps - k), (0, 0), (0, 0)))
-  ws = wp.reshape(taps, 2, taps, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(taps, taps, 4 * c, o)
-  return jax.lax.conv_general_dilated(xs, ws, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  lo, hi = _same_pads(n, k, stride)
+  m = -(-n // stride)
+  xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+  span = stride * (m - 1) + 1
+  patches = jnp.concatenate([xp[:, t:t + span:stride, u:u + span:stride, :]
+                             for t in range(k) for u in range(k)], axis=-1)
+  return jax.lax.dot_general(patches, w.reshape(k * k * c, o), (((3,), (0,)), ((), ())),
+                             precision=precision, preferred_element_type=preferred_element_type)
 
 
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                          precision=None, preferred_element_type=None):
-  """lax.conv_general_dilated, except small-output stride-2 convs go through space_to_depth_conv."""
+                             rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                             precision=None, preferred_element_type=None):
+  """lax.conv_general_dilated, except small-output stride-2 convs go through patches_conv."""
   small_stride2 = (tuple(window_strides) == (2, 2) and padding == "SAME" and lhs.ndim == 4
                    and lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
                    and feature_group_count == 1 and rhs.shape[0] == rhs.shape[1]
                    and lhs.shape[1] == lhs.shape[2] and -(-lhs.shape[1] // 2) < rhs.shape[0])
   if small_stride2:
-    return space_to_depth_conv(lhs, rhs.astype(lhs.dtype))
+    return patches_conv(lhs, rhs.astype(lhs.dtype), 2, precision, preferred_element_type)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                       rhs_dilation, dimension_numbers, feature_group_count,
                                       precision=precision,
@@ -325,7 +327,7 @@ def compute_dtype(name: str):
 
 
 def uses_cpu_conv_rewrite(backend: str) -> bool:
-  """Space-to-depth strided convs pay only on XLA:CPU; elsewhere they cost extra taps."""
+  """The patches form of small-output strided convs pays only on XLA:CPU (cuDNN has no such loop)."""
   return backend == "cpu"
 
 

@@ -101,19 +101,18 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   np.testing.assert_allclose(out["rgb"], ref["rgb"], atol=0.05)
 
 
-@pytest.mark.parametrize("n,k", [(8, 5), (4, 5), (16, 5), (7, 5), (6, 3)])
-def test_space_to_depth_conv_equals_the_strided_conv(n, k):
+@pytest.mark.parametrize("n,k,s", [(8, 5, 2), (4, 5, 2), (16, 5, 2), (7, 5, 2), (6, 3, 2),
+                                   (5, 3, 1)])
+def test_patches_conv_equals_the_conv(n, k, s):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, n, n, 3))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 4))
-  ref = jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  got = models.space_to_depth_conv(x, w)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = models.patches_conv(x, w, s)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(conv(x, w)), rtol=1e-5, atol=1e-5)
   # Gradients too: the point of the rewrite is the backward pass.
   f = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
-  for g1, g2 in zip(f(models.space_to_depth_conv),
-                    f(lambda x, w: jax.lax.conv_general_dilated(
-                        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))):
+  for g1, g2 in zip(f(lambda x, w: models.patches_conv(x, w, s)), f(conv)):
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-4, atol=1e-4)
 
 
@@ -187,11 +186,11 @@ def test_auto_init_is_the_variant_reference_and_bad_names_fail():
     models.create_model(_config("tiny", init="orthogonal"))
 
 
-def test_cpu_encoder_goes_through_space_to_depth_and_other_backends_do_not(monkeypatch):
+def test_cpu_encoder_goes_through_patches_and_other_backends_do_not(monkeypatch):
   calls = []
-  real = models.space_to_depth_conv
-  monkeypatch.setattr(models, "space_to_depth_conv",
-                      lambda x, w: calls.append(x.shape) or real(x, w))
+  real = models.patches_conv
+  monkeypatch.setattr(models, "patches_conv",
+                      lambda x, w, *a: calls.append(x.shape) or real(x, w, *a))
   assert models.uses_cpu_conv_rewrite("cpu") and not models.uses_cpu_conv_rewrite("gpu")
   cpu = models.create_model(_config("original"), backend="cpu")
   jax.eval_shape(lambda: models.init_params(cpu, jax.random.PRNGKey(0)))
