@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` and `jaxswap` import from the repository root.
   sys.path.insert(0, str(ROOT))
 
-from jaxswap import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxswap import host_malloc, xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # ---------------------------------------------------------------------------------------------
@@ -48,8 +48,9 @@ def add_common_args(parser: argparse.ArgumentParser, default_steps: int = 5) -> 
   parser.add_argument("--json", default=None, metavar="OUT.json",
                       help="write the results here (atomically)")
   parser.add_argument("--no-xla-defaults", action="store_true",
-                      help="do not apply jaxswap's CPU XLA_FLAGS defaults (jaxswap.xla_flags), "
-                           "as when XLA_FLAGS is set; for measuring the XLA default")
+                      help="do not apply jaxswap's CPU defaults: XLA_FLAGS (jaxswap.xla_flags) "
+                           "and glibc malloc (jaxswap.host_malloc); for measuring XLA's and "
+                           "glibc's own")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
@@ -132,11 +133,14 @@ def run_cli(main: Callable[[], None]) -> None:
 
 
 def apply_xla_defaults(enabled: bool = True) -> xla_flags.Decision:
-  """The entry points' CPU XLA defaults, so benchmarks time what `jaxswap.train` runs.
+  """The entry points' CPU defaults (XLA flags, glibc malloc), so benchmarks time what
+  `jaxswap.train` runs.
 
   Must run before jax creates its backend (and before force_host_devices, which would otherwise
-  look like a user's XLA_FLAGS); environment() records the outcome in every JSON.
+  look like a user's XLA_FLAGS); environment() records the outcome in every JSON. The malloc
+  settings hold for the whole process, the PyTorch twin included.
   """
+  host_malloc.apply_cpu_defaults(enabled=enabled)
   return xla_flags.apply_cpu_defaults(enabled=enabled)
 
 
@@ -303,6 +307,7 @@ def environment() -> dict[str, Any]:
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
       **xla_flags.describe(),
+      **host_malloc.describe(),
       "load_average_1_5_15": load_average(),
   }
 
@@ -324,6 +329,8 @@ def print_environment(env: dict[str, Any]) -> None:
         f"load {env['load_average_1_5_15']}")
   who = "set by jaxswap" if env.get("xla_flags_set_by_jaxswap") else "not set by jaxswap"
   print(f"# XLA_FLAGS={env.get('xla_flags', '')!r} ({who}: {env.get('xla_flags_reason')})")
+  who = "set by jaxswap" if env.get("host_malloc_set_by_jaxswap") else "left as is"
+  print(f"# glibc malloc {who}: {env.get('host_malloc_reason')}")
 
 
 def _fmt(value: Any) -> str:

@@ -22,7 +22,7 @@ import time
 import cv2
 import numpy as np
 
-from jaxswap import logs, swap, synthetic_eval, xla_flags
+from jaxswap import host_malloc, logs, swap, synthetic_eval, xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import datasets as data
 from jaxswap.data import synthetic
@@ -106,6 +106,7 @@ def run_demo(output: str, steps: int = DEFAULT_STEPS, frames: int = 1500) -> dic
 
 def run(argv=None) -> None:
   decision = xla_flags.apply_cpu_defaults()  # before jax creates its backend (CPU only)
+  malloc_decision = host_malloc.apply_cpu_defaults()  # before XLA starts its threads
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", required=True, help="folder for the dataset, run and results")
   parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps")
@@ -113,6 +114,7 @@ def run(argv=None) -> None:
   args = parser.parse_args(argv)
   logs.setup_logging()
   log.info("%s", decision.log_line())
+  log.info("%s", malloc_decision.log_line())
   try:
     result = run_demo(args.output, args.steps, args.frames)
   except JaxswapError as e:

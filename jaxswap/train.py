@@ -20,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxswap import logs, losses, models, parallel, previews, recovery, swap, xla_flags
+from jaxswap import host_malloc, logs, losses, models, parallel, previews, recovery, swap
+from jaxswap import xla_flags
 from jaxswap import provenance as media
 from jaxswap.data import loader as data
 from jaxswap.checkpoint import Checkpointer
@@ -282,14 +283,16 @@ def main(argv) -> None:
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.distributed_auto)
   logs.setup_logging()
-  if xla_flags.last_decision() is not None:
-    log.info("%s", xla_flags.last_decision().log_line())
+  for decided in (xla_flags.last_decision(), host_malloc.last_decision()):
+    if decided is not None:
+      log.info("%s", decided.log_line())
   train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 def run() -> None:
   """Console entry point: user errors print one line and exit with status 2."""
   xla_flags.apply_cpu_defaults()  # before jax creates its backend (CPU only; see the module)
+  host_malloc.apply_cpu_defaults()  # before XLA starts its threads (CPU only; see the module)
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 

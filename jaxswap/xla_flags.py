@@ -102,7 +102,7 @@ def version_supported(version: tuple[int, ...] | None) -> bool:
   return version is not None and low <= tuple(version[:2]) < high
 
 
-def _backends_initialised() -> bool:
+def backends_initialised() -> bool:
   if "jax" not in sys.modules:
     return False
   try:
@@ -141,16 +141,21 @@ def _configured_platforms() -> str:
     return ""
 
 
+def current_platform(environ: MutableMapping[str, str]) -> str:
+  """default_platform, also honouring a jax.config.jax_platforms set in code."""
+  configured = _configured_platforms()
+  if "JAX_PLATFORMS" not in environ and configured:
+    return default_platform({"JAX_PLATFORMS": configured})
+  return default_platform(environ)
+
+
 def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
                        enabled: bool = True) -> Decision:
   """Entry-point hook: sets XLA_FLAGS when `decide` says so; returns (and remembers) why."""
   global _last
   environ = os.environ if environ is None else environ
-  platform = default_platform(environ)
-  configured = _configured_platforms()
-  if "JAX_PLATFORMS" not in environ and configured:
-    platform = default_platform({"JAX_PLATFORMS": configured})
-  decision = decide(environ, jaxlib_version(), platform, _backends_initialised(), enabled)
+  decision = decide(environ, jaxlib_version(), current_platform(environ), backends_initialised(),
+                    enabled)
   if decision.applied:
     environ[ENV] = decision.xla_flags
   _last = decision

@@ -21,7 +21,7 @@ def cpu_host(monkeypatch):
   """A jaxlib in the verified range, no accelerator plugin, backends not yet created."""
   monkeypatch.setattr(xla_flags, "jaxlib_version", lambda: (0, 10, 2))
   monkeypatch.setattr(xla_flags, "installed_accelerators", lambda: [])
-  monkeypatch.setattr(xla_flags, "_backends_initialised", lambda: False)
+  monkeypatch.setattr(xla_flags, "backends_initialised", lambda: False)
   monkeypatch.setattr(xla_flags, "_configured_platforms", lambda: "")
   monkeypatch.setattr(xla_flags, "_last", None)
 
@@ -82,7 +82,7 @@ def test_platform_set_in_jax_config(cpu_host, monkeypatch):
 
 def test_not_set_once_backends_exist(cpu_host, monkeypatch):
   """XLA reads XLA_FLAGS once: setting it later would claim a setting that never applied."""
-  monkeypatch.setattr(xla_flags, "_backends_initialised", lambda: True)
+  monkeypatch.setattr(xla_flags, "backends_initialised", lambda: True)
   env = {}
   decision = xla_flags.apply_cpu_defaults(env)
   assert not decision.applied and "XLA_FLAGS" not in env
