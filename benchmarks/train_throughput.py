@@ -24,8 +24,11 @@ gives the jax / torch ratio of each round and their median.
 kept under DIR) and reports where the device time went, per HLO op and category (cuDNN
 convolutions, matmuls, elementwise/reduction fusions, copies) and how busy the device was
 (benchmarks/profile_ops.py); the rows' "profile" field holds it.
-The CPU XLA defaults of the entry points (jaxswap.xla_flags) apply unless XLA_FLAGS is set or
-`--no-xla-defaults` is given; the JSON records which.
+The CPU defaults of the entry points (XLA flags: jaxswap.xla_flags; glibc malloc:
+jaxswap.host_malloc) apply unless the user set their own or `--no-xla-defaults` is given; the JSON
+records which. The malloc settings are process-wide, so the twin runs with them too (like for
+like); `python benchmarks/torch_twin.py --no-xla-defaults` times it with glibc's own malloc, as
+PyTorch runs out of the box.
 """
 
 from __future__ import annotations
