@@ -5,8 +5,8 @@ batch 64) with malloc on every call. glibc serves blocks that large with a fresh
 returns them with munmap on free, so every step the kernel faults in and zeroes ~1 GB of pages
 again: ~300,000 page faults and 11 % of the `original` step's CPU time at batch 16 (`perf`).
 With one arena, no mmap for large blocks and a high trim threshold, freed buffers stay in the
-heap and the next step reuses them: no page faults after the first steps and a 10-12 % faster
-step, for a larger resident set (the step's peak working set stays mapped: 3.3 -> 4.0-4.5 GB
+heap and the next step reuses them: no page faults after the first steps and a 15-20 % faster
+`original` step at batch 16-64 (2-5 % for `quick` at batch 8), for a larger resident set (the step's peak working set stays mapped: 3.3 -> 4.0-4.5 GB
 for `original` at batch 64). benchmarks/README.md, "CPU performance ideas", has the figures.
 
 Rules (`decide` is the pure core, `apply_cpu_defaults` the entry-point hook), as in
