@@ -66,7 +66,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   args.overrides = overrides
-  apply_xla_defaults(not getattr(args, "no_xla_defaults", False))
+  apply_xla_defaults(not getattr(args, "no_xla_defaults", False), reexec=argv is None)
   for name in ("steps", "warmup"):
     if hasattr(args, name) and getattr(args, name) < (1 if name == "steps" else 0):
       parser.error(f"--{name} must be {'positive' if name == 'steps' else 'non-negative'}")
@@ -132,15 +132,16 @@ def run_cli(main: Callable[[], None]) -> None:
     sys.exit(2)
 
 
-def apply_xla_defaults(enabled: bool = True) -> xla_flags.Decision:
+def apply_xla_defaults(enabled: bool = True, reexec: bool = False) -> xla_flags.Decision:
   """The entry points' CPU defaults (XLA flags, glibc malloc), so benchmarks time what
   `jaxswap.train` runs.
 
   Must run before jax creates its backend (and before force_host_devices, which would otherwise
   look like a user's XLA_FLAGS); environment() records the outcome in every JSON. The malloc
-  settings hold for the whole process, the PyTorch twin included.
+  settings hold for the whole process, the PyTorch twin included; reexec (a script's own
+  command line) lets host_malloc re-execute the script with them in GLIBC_TUNABLES.
   """
-  host_malloc.apply_cpu_defaults(enabled=enabled)
+  host_malloc.apply_cpu_defaults(enabled=enabled, reexec=reexec)
   return xla_flags.apply_cpu_defaults(enabled=enabled)
 
 

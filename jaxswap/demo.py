@@ -105,8 +105,9 @@ def run_demo(output: str, steps: int = DEFAULT_STEPS, frames: int = 1500) -> dic
 
 
 def run(argv=None) -> None:
+  # First: from the command line it may re-execute the process (see jaxswap.host_malloc).
+  malloc_decision = host_malloc.apply_cpu_defaults(reexec=argv is None)
   decision = xla_flags.apply_cpu_defaults()  # before jax creates its backend (CPU only)
-  malloc_decision = host_malloc.apply_cpu_defaults()  # before XLA starts its threads
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", required=True, help="folder for the dataset, run and results")
   parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps")

@@ -17,8 +17,11 @@ Rules (`decide` is the pure core, `apply_cpu_defaults` the entry-point hook), as
   - only on Linux with glibc, found through ctypes;
   - only when the default platform is the CPU (on a GPU host the large buffers live on the
     device and the host's malloc does not matter);
-  - only before jax's backends exist: a thread's arena is chosen at its first malloc, so the
-    single arena only holds for threads (XLA's, Eigen's) started after the call.
+  - only before jax's backends exist: a thread's arena is chosen at its first malloc. glibc
+    also hands a new thread an arena freed by a thread that already exited, so mallopt after
+    the imports does not always bind XLA's threads to the main heap (2 runs in 8 kept their
+    faults); the console entry points therefore re-execute themselves with the settings in
+    GLIBC_TUNABLES (`apply_cpu_defaults(reexec=True)`), which glibc reads before any thread.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ SETTINGS: tuple[tuple[str, int, int], ...] = (
     ("M_MMAP_MAX", M_MMAP_MAX, 0),  # large blocks come from that heap, not a fresh mmap
     ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 2**31 - 1),  # freed memory stays mapped (<= 2 GiB)
 )
+# The same settings as glibc tunables, read at process start (before any thread exists).
+TUNABLES = (("arena_max", 1), ("mmap_max", 0), ("trim_threshold", 2**31 - 1))
+REEXEC_MARK = "JAXSWAP_HOST_MALLOC_REEXEC"  # set across the re-exec: the user's GLIBC_TUNABLES
 PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
@@ -106,14 +112,51 @@ def decide(environ: MutableMapping[str, str], has_glibc: bool, platform: str,
                   "page-faulted in again every step")
 
 
+def _tunables(previous: str) -> str:
+  ours = ":".join(f"glibc.malloc.{name}={value}" for name, value in TUNABLES)
+  return f"{previous}:{ours}" if previous else ours
+
+
 def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
-                       enabled: bool = True) -> Decision:
-  """Entry-point hook: calls mallopt when `decide` says so; returns (and remembers) why."""
+                       enabled: bool = True, reexec: bool = False) -> Decision:
+  """Entry-point hook: applies SETTINGS when `decide` says so; returns (and remembers) why.
+
+  reexec=True (the console entry points, which own their process): the settings go into
+  GLIBC_TUNABLES and the process re-executes itself (same PID, same command line), so glibc
+  reads them before any thread exists; the re-executed process removes them from its
+  environment again, so that its own children (ffmpeg, ...) keep glibc's defaults. Otherwise
+  (or when exec fails) mallopt sets them in place: that holds for every thread started later,
+  except those glibc hands an arena created before the call (a thread that ran during the
+  imports), for which large blocks are mapped afresh as before.
+  """
   global _last
   environ = os.environ if environ is None else environ
+  if environ.get(REEXEC_MARK) is not None:  # we are the re-executed process
+    previous = environ.pop(REEXEC_MARK)
+    if previous:
+      environ["GLIBC_TUNABLES"] = previous
+    else:
+      environ.pop("GLIBC_TUNABLES", None)
+    _last = Decision(True, "XLA:CPU's large temporary buffers are reused instead of "
+                     "page-faulted in again every step (GLIBC_TUNABLES at start)")
+    return _last
   mallopt = _glibc_mallopt()
   decision = decide(environ, mallopt is not None, xla_flags.current_platform(environ),
                     xla_flags.backends_initialised(), enabled)
+  if decision.applied and reexec and environ is os.environ and getattr(sys, "orig_argv", None):
+    previous = environ.get("GLIBC_TUNABLES", "")
+    environ[REEXEC_MARK] = previous
+    environ["GLIBC_TUNABLES"] = _tunables(previous)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+      os.execv(sys.executable, list(sys.orig_argv))
+    except OSError:  # cannot re-execute (e.g. no executable path): set them in place below
+      environ.pop(REEXEC_MARK, None)
+      if previous:
+        environ["GLIBC_TUNABLES"] = previous
+      else:
+        environ.pop("GLIBC_TUNABLES", None)
   if decision.applied:
     failed = [name for name, param, value in SETTINGS if mallopt(param, value) != 1]
     if failed:

@@ -291,8 +291,8 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console entry point: user errors print one line and exit with status 2."""
+  host_malloc.apply_cpu_defaults(reexec=True)  # first: it may re-execute the process
   xla_flags.apply_cpu_defaults()  # before jax creates its backend (CPU only; see the module)
-  host_malloc.apply_cpu_defaults()  # before XLA starts its threads (CPU only; see the module)
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 

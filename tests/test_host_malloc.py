@@ -49,7 +49,8 @@ def test_not_applied_off_cpu_without_glibc_too_late_or_when_turned_off():
 _PROBE = r"""
 import ctypes, resource, sys
 from jaxswap import host_malloc
-d = host_malloc.apply_cpu_defaults(enabled=sys.argv[1] == "on")
+import os
+d = host_malloc.apply_cpu_defaults(enabled=sys.argv[1] != "off", reexec=sys.argv[1] == "reexec")
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -59,24 +60,48 @@ for round in range(2):
   p = libc.malloc(size)
   ctypes.memset(p, 1, size)
   libc.free(p)
-print(d.applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(d.applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
+      os.environ.get("GLIBC_TUNABLES", "-"), d.reason.replace(" ", "_"))
 """
 
 
-def _probe(mode: str, **env) -> tuple[bool, int]:
-  environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+def _probe(mode: str, **env) -> tuple[bool, int, str, str]:
+  environ = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
   environ.update(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=environ, capture_output=True,
-                       text=True, timeout=120, check=True).stdout.split()
-  return out[0] == "True", int(out[1])
+  lines = subprocess.run([sys.executable, "-c", _PROBE, mode], env=environ, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+  assert len(lines) == 1, lines  # one process printed, once
+  out = lines[0].split()
+  return out[0] == "True", int(out[1]), out[2], out[3]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or host_malloc._glibc_mallopt() is None,
                     reason="needs Linux with glibc")
 def test_freed_large_buffers_are_reused_without_page_faults():
-  applied, faults = _probe("on")
+  applied, faults, _, _ = _probe("on")  # mallopt in place
   assert applied and faults < 1000  # the second 256 MiB block reuses the first one's pages
-  applied, faults = _probe("on", MALLOC_ARENA_MAX="8")  # the user's choice: glibc's default
+  applied, faults, _, _ = _probe("on", MALLOC_ARENA_MAX="8")  # the user's choice: glibc's own
   assert not applied and faults > 30000  # 65,536 pages of 4 KiB mapped and zeroed again
-  applied, faults = _probe("off")
+  applied, faults, _, _ = _probe("off")
   assert not applied and faults > 30000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or host_malloc._glibc_mallopt() is None,
+                    reason="needs Linux with glibc")
+def test_reexec_applies_the_tunables_at_start_and_hides_them_from_children():
+  applied, faults, tunables, reason = _probe("reexec")
+  assert applied and faults < 1000 and "GLIBC_TUNABLES_at_start" in reason
+  assert tunables == "-"  # removed again: ffmpeg & co. keep glibc's defaults
+  # The user's own non-malloc tunables survive the round trip.
+  applied, faults, tunables, _ = _probe("reexec", GLIBC_TUNABLES="glibc.rtld.nns=4")
+  assert applied and faults < 1000 and tunables == "glibc.rtld.nns=4"
+
+
+def test_the_reexecuted_process_restores_the_environment():
+  env = {host_malloc.REEXEC_MARK: "", "GLIBC_TUNABLES": host_malloc._tunables("")}
+  assert host_malloc.apply_cpu_defaults(env).applied and env == {}
+  env = {host_malloc.REEXEC_MARK: "glibc.rtld.nns=4",
+         "GLIBC_TUNABLES": host_malloc._tunables("glibc.rtld.nns=4")}
+  assert host_malloc.apply_cpu_defaults(env).applied
+  assert env == {"GLIBC_TUNABLES": "glibc.rtld.nns=4"}
