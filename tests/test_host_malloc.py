@@ -65,6 +65,12 @@ print(d.applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
 """
 
 
+GLIBC_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or host_malloc._glibc_mallopt() is None
+    or any(a in os.environ.get("LD_PRELOAD", "") for a in host_malloc.PRELOADED_ALLOCATORS),
+    reason="needs Linux with glibc's own malloc")
+
+
 def _probe(mode: str, **env) -> tuple[bool, int, str, str]:
   environ = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
@@ -76,8 +82,7 @@ def _probe(mode: str, **env) -> tuple[bool, int, str, str]:
   return out[0] == "True", int(out[1]), out[2], out[3]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or host_malloc._glibc_mallopt() is None,
-                    reason="needs Linux with glibc")
+@GLIBC_ONLY
 def test_freed_large_buffers_are_reused_without_page_faults():
   applied, faults, _, _ = _probe("on")  # mallopt in place
   assert applied and faults < 1000  # the second 256 MiB block reuses the first one's pages
@@ -87,8 +92,7 @@ def test_freed_large_buffers_are_reused_without_page_faults():
   assert not applied and faults > 30000
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or host_malloc._glibc_mallopt() is None,
-                    reason="needs Linux with glibc")
+@GLIBC_ONLY
 def test_reexec_applies_the_tunables_at_start_and_hides_them_from_children():
   applied, faults, tunables, reason = _probe("reexec")
   assert applied and faults < 1000 and "GLIBC_TUNABLES_at_start" in reason
