@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` and `jaxswap` import from the repository root.
   sys.path.insert(0, str(ROOT))
 
-from jaxswap import host_malloc, xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxswap import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxswap import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxswap.errors import JaxswapError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # ---------------------------------------------------------------------------------------------

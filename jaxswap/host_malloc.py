@@ -6,8 +6,9 @@ returns them with munmap on free, so every step the kernel faults in and zeroes 
 again: ~300,000 page faults and 11 % of the `original` step's CPU time at batch 16 (`perf`).
 With one arena, no mmap for large blocks and a high trim threshold, freed buffers stay in the
 heap and the next step reuses them: no page faults after the first steps and a 15-20 % faster
-`original` step at batch 16-64 (2-5 % for `quick` at batch 8), for a larger resident set (the step's peak working set stays mapped: 3.3 -> 4.0-4.5 GB
-for `original` at batch 64). benchmarks/README.md, "CPU performance ideas", has the figures.
+`original` step at batch 16-64 (2-5 % for `quick` at batch 8), for a larger resident set (the
+step's peak working set stays mapped: 3.3 -> 4.0-4.5 GB for `original` at batch 64).
+benchmarks/README.md, "CPU performance ideas", has the figures.
 
 Rules (`decide` is the pure core, `apply_cpu_defaults` the entry-point hook), as in
 `jaxswap.xla_flags`:
@@ -35,15 +36,18 @@ from typing import Callable, MutableMapping
 
 from jaxswap import xla_flags
 
-# mallopt parameters (glibc malloc.h) and the values jaxswap sets.
+# The settings: mallopt name and parameter (glibc malloc.h), the same setting's glibc tunable
+# (read at process start, before any thread exists), and the value jaxswap sets.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS: tuple[tuple[str, int, int], ...] = (
-    ("M_ARENA_MAX", M_ARENA_MAX, 1),  # every thread allocates from the main (brk) heap
-    ("M_MMAP_MAX", M_MMAP_MAX, 0),  # large blocks come from that heap, not a fresh mmap
-    ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 2**31 - 1),  # freed memory stays mapped (<= 2 GiB)
+SETTINGS: tuple[tuple[str, int, str, int], ...] = (
+    # every thread allocates from the main (brk) heap
+    ("M_ARENA_MAX", M_ARENA_MAX, "glibc.malloc.arena_max", 1),
+    # large blocks come from that heap, not a fresh mmap
+    ("M_MMAP_MAX", M_MMAP_MAX, "glibc.malloc.mmap_max", 0),
+    # freed memory stays mapped (up to 2 GiB free at the heap's top)
+    ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, "glibc.malloc.trim_threshold", 2**31 - 1),
 )
-# The same settings as glibc tunables, read at process start (before any thread exists).
-TUNABLES = (("arena_max", 1), ("mmap_max", 0), ("trim_threshold", 2**31 - 1))
+REASON = "XLA:CPU's large temporary buffers are reused instead of page-faulted in again every step"
 REEXEC_MARK = "JAXSWAP_HOST_MALLOC_REEXEC"  # set across the re-exec: the user's GLIBC_TUNABLES
 PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -59,7 +63,7 @@ class Decision:
 
   def log_line(self) -> str:
     if self.applied:
-      settings = ", ".join(f"{name}={value}" for name, _, value in SETTINGS)
+      settings = ", ".join(f"{name}={value}" for name, _, _, value in SETTINGS)
       return f"glibc malloc set by jaxswap ({settings}): {self.reason}"
     return f"malloc left as is ({self.reason})"
 
@@ -108,13 +112,20 @@ def decide(environ: MutableMapping[str, str], has_glibc: bool, platform: str,
     return Decision(False, f"platform {platform}, not cpu")
   if backends_initialised:
     return Decision(False, "jax's backends already exist; their threads have their arenas")
-  return Decision(True, "XLA:CPU's large temporary buffers are reused instead of "
-                  "page-faulted in again every step")
+  return Decision(True, REASON)
 
 
 def _tunables(previous: str) -> str:
-  ours = ":".join(f"glibc.malloc.{name}={value}" for name, value in TUNABLES)
+  ours = ":".join(f"{tunable}={value}" for _, _, tunable, value in SETTINGS)
   return f"{previous}:{ours}" if previous else ours
+
+
+def _restore_tunables(environ: MutableMapping[str, str], previous: str) -> None:
+  """GLIBC_TUNABLES back to the user's value (unset when they had none)."""
+  if previous:
+    environ["GLIBC_TUNABLES"] = previous
+  else:
+    environ.pop("GLIBC_TUNABLES", None)
 
 
 def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
@@ -132,13 +143,8 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
   global _last
   environ = os.environ if environ is None else environ
   if environ.get(REEXEC_MARK) is not None:  # we are the re-executed process
-    previous = environ.pop(REEXEC_MARK)
-    if previous:
-      environ["GLIBC_TUNABLES"] = previous
-    else:
-      environ.pop("GLIBC_TUNABLES", None)
-    _last = Decision(True, "XLA:CPU's large temporary buffers are reused instead of "
-                     "page-faulted in again every step (GLIBC_TUNABLES at start)")
+    _restore_tunables(environ, environ.pop(REEXEC_MARK))
+    _last = Decision(True, f"{REASON} (GLIBC_TUNABLES at start)")
     return _last
   mallopt = _glibc_mallopt()
   decision = decide(environ, mallopt is not None, xla_flags.current_platform(environ),
@@ -153,12 +159,9 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
       os.execv(sys.executable, list(sys.orig_argv))
     except OSError:  # cannot re-execute (e.g. no executable path): set them in place below
       environ.pop(REEXEC_MARK, None)
-      if previous:
-        environ["GLIBC_TUNABLES"] = previous
-      else:
-        environ.pop("GLIBC_TUNABLES", None)
+      _restore_tunables(environ, previous)
   if decision.applied:
-    failed = [name for name, param, value in SETTINGS if mallopt(param, value) != 1]
+    failed = [name for name, param, _, value in SETTINGS if mallopt(param, value) != 1]
     if failed:
       decision = Decision(False, f"mallopt refused {', '.join(failed)}")
   _last = decision

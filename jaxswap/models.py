@@ -327,7 +327,8 @@ def compute_dtype(name: str):
 
 
 def uses_cpu_conv_rewrite(backend: str) -> bool:
-  """The patches form of small-output strided convs pays only on XLA:CPU (cuDNN has no such loop)."""
+  """The patches form of small-output strided convs pays only on XLA:CPU (cuDNN has no slow
+  loop to avoid)."""
   return backend == "cpu"
 
 

@@ -56,9 +56,9 @@ class StepLoader:
   process count (same `shards`) sees exactly the batches the uninterrupted run would have seen.
   Decoding runs in a thread pool (cv2 releases the GIL), `prefetch` steps ahead. With
   `cache_mb` > 0 (config data.cache_mb) every face decoded is kept (as the uint8 arrays a batch
-  stacks) until the cache holds that many MiB; a cached face is never read or decoded again. A pair's dataset
-  (a few thousand 128 px faces, ~80 KB each) fits in a few hundred MB, and a fast device then
-  no longer waits on PNG decoding; the batches are the same with or without the cache.
+  stacks) until the cache holds that many MiB; a cached face is never read or decoded again. A
+  pair's dataset (a few thousand 128 px faces, ~80 KB each) fits in a few hundred MB, and a fast
+  device then no longer waits on PNG decoding; the batches are the same with or without the cache.
   """
 
   def __init__(self, data_dir: str, name: str, split: str, batch_size: int, *, seed: int,
