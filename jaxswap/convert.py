@@ -2,7 +2,7 @@
 
   jaxswap-convert --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
       [--alignments FILE] [--mask components|extended|learned|learned*components] [--erode 2]
-      [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--batch 16]
+      [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--morph 0..100] [--batch 16]
       [--frames START:END] [--smooth N] [--face-index K[,K...]] [--track K] [--max-gap F]
       [--watermark] [--png-dir DIR]
   jaxswap-convert --alignments FILE --list-tracks
@@ -30,7 +30,7 @@ import tqdm
 
 from jaxswap import convert_faces, prefetch, provenance, video
 from jaxswap.errors import JaxswapError
-from jaxswap.faces import alignments, composite, track
+from jaxswap.faces import alignments, composite, geometry, morph, track
 from jaxswap.faces.composite import MASKS
 STAGES = ("decode", "detect", "align", "infer", "blend", "encode")
 
@@ -47,6 +47,7 @@ class Options:
   sharpen: float = 0.0  # unsharp-mask amount (%) on the model's output; 0: off
   sharpen_radius: float = 1.0  # its Gaussian sigma, pixels of the model's output
   detail: float = 0.0  # % of the frame's detail finer than the crop's pixels kept in the face
+  morph: float = 75.0  # % of the way the swapped face's landmarks move onto the source's
   batch: int = 16
   frames: tuple[int, int | None] = (0, None)
   smooth: int = 0
@@ -63,14 +64,20 @@ class Options:
                                  ("--blend", self.blend, composite.BLEND_MODES)):
       if value not in choices:
         raise JaxswapError(f"{name} {value!r} is not one of {', '.join(choices)}")
-    if self.batch < 1 or self.smooth < 0 or not -50 <= self.erode <= 50 or \
-        not 0 <= self.blur <= 100 or (self.track or 0) < 0 or (self.max_gap or 0) < 0 or \
-        not 0 <= self.sharpen <= 500 or not 0.3 <= self.sharpen_radius <= 10 or \
-        not 0 <= self.detail <= 100:
-      raise JaxswapError("--batch must be >= 1, --smooth >= 0, --erode in -50..50 (%), "
-                         "--blur in 0..100 (%), --track and --max-gap >= 0, --sharpen in "
-                         "0..500 (%), --sharpen-radius in 0.3..10 (pixels), --detail in "
-                         "0..100 (%)")
+    for name, value, ok, rule in (
+        ("--batch", self.batch, self.batch >= 1, ">= 1"),
+        ("--smooth", self.smooth, self.smooth >= 0, ">= 0"),
+        ("--erode", self.erode, -50 <= self.erode <= 50, "in -50..50 (%)"),
+        ("--blur", self.blur, 0 <= self.blur <= 100, "in 0..100 (%)"),
+        ("--track", self.track, (self.track or 0) >= 0, ">= 0"),
+        ("--max-gap", self.max_gap, (self.max_gap or 0) >= 0, ">= 0"),
+        ("--sharpen", self.sharpen, 0 <= self.sharpen <= 500, "in 0..500 (%)"),
+        ("--sharpen-radius", self.sharpen_radius, 0.3 <= self.sharpen_radius <= 10,
+         "in 0.3..10 (pixels)"),
+        ("--detail", self.detail, 0 <= self.detail <= 100, "in 0..100 (%)"),
+        ("--morph", self.morph, 0 <= self.morph <= 100, "in 0..100 (%)")):
+      if not ok:
+        raise JaxswapError(f"{name} {value:g}: must be {rule}")
     start, end = self.frames
     if start < 0 or (end is not None and end <= start):
       raise JaxswapError(f"--frames {start}:{end} is empty or negative")
@@ -81,11 +88,16 @@ class StageTimer:
 
   def __init__(self):
     self.seconds = collections.defaultdict(float)
+    self.counts = collections.Counter()
     self._lock = threading.Lock()
 
   def add(self, stage: str, seconds: float) -> None:
     with self._lock:
       self.seconds[stage] += seconds
+
+  def count(self, name: str) -> None:
+    with self._lock:
+      self.counts[name] += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +115,13 @@ def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: boo
   t0 = time.perf_counter()
   out = rgb
   for job in jobs:
-    face = composite.sharpen(job.rgb, opts.sharpen, opts.sharpen_radius)
-    composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, job.learned,
+    face, learned = job.rgb, job.learned
+    if opts.morph > 0 and job.landmarks is not None:
+      target = geometry.transform_points(job.matrix, job.landmarks)
+      face, learned, done = morph.morph_face(face, learned, target, opts.morph / 100.0)
+      timer.count("faces_morphed" if done else "faces_not_morphed")
+    face = composite.sharpen(face, opts.sharpen, opts.sharpen_radius)
+    composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, learned,
                          size=size, mask=opts.mask, erode=opts.erode, blur=opts.blur,
                          color=opts.color, blend=opts.blend, detail=opts.detail)
   if mark:
@@ -146,7 +163,7 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   record = provenance.provenance(
       "video", run=os.path.abspath(workdir), checkpoint_step=run.step, model=run.model_name,
       to=opts.to, source=os.path.abspath(input_path), mask=opts.mask, color=opts.color,
-      blend=opts.blend, frames=[start, end], passthrough=opts.passthrough)
+      blend=opts.blend, frames=[start, end], passthrough=opts.passthrough, morph=opts.morph)
   if png_dir is not None:
     sink = provenance.PngDirSink(png_dir, record, first_index=start)
   else:
@@ -191,6 +208,8 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   return {"frames": frames, "faces_swapped": swapped, "seconds": seconds,
           "fps": frames / max(seconds, 1e-9), "output": png_dir or output,
           "stages": {k: timer.seconds.get(k, 0.0) for k in STAGES}, **faces.counts,
+          "faces_morphed": timer.counts["faces_morphed"],
+          "faces_not_morphed": timer.counts["faces_not_morphed"],
           "compilations": run.compilations()}
 
 
@@ -243,6 +262,10 @@ def parse_args(argv):
   p.add_argument("--detail", type=float, default=0.0,
                  help="keep this %% of the frame's own detail finer than the model's pixels "
                       "(skin texture, hair) in a face scaled up into the frame; 0: off")
+  p.add_argument("--morph", type=float, default=75.0,
+                 help="move the swapped face's eyes, brows, nose, mouth and jaw line this %% of "
+                      "the way onto the source face's landmarks (a warp of the model's output: "
+                      "expression and head pose follow the source more closely); 0: off")
   p.add_argument("--batch", type=int, default=16, help="faces per model call")
   p.add_argument("--frames", help="START:END, convert only these frames (END exclusive)")
   p.add_argument("--smooth", type=int, default=0,
@@ -279,7 +302,8 @@ def main(argv=None) -> int:
       raise JaxswapError("--input, --workdir and --to are required (except with --list-tracks)")
     opts = Options(to=args.to, mask=args.mask, erode=args.erode, blur=args.blur,
                    color=args.color, blend=args.blend, sharpen=args.sharpen,
-                   sharpen_radius=args.sharpen_radius, detail=args.detail, batch=args.batch,
+                   sharpen_radius=args.sharpen_radius, detail=args.detail, morph=args.morph,
+                   batch=args.batch,
                    frames=parse_frames(args.frames), smooth=args.smooth,
                    face_index=parse_face_index(args.face_index),
                    watermark=args.watermark, coverage=args.coverage, track=args.track,
@@ -297,6 +321,10 @@ def main(argv=None) -> int:
         f"swapped ({summary['faces_interpolated']} filled in between sampled alignments, "
         f"{summary['faces_in_long_gaps']} left out in gaps over --max-gap) in "
         f"{summary['seconds']:.1f} s ({summary['fps']:.1f} frames/s)")
+  if opts.morph > 0:
+    tried = summary["faces_morphed"] + summary["faces_not_morphed"]
+    print(f"--morph {opts.morph:g}: {summary['faces_morphed']} of {tried} swapped faces moved onto "
+          "the source's landmarks (the others: no landmarks found on the swapped face)")
   return 0
 
 

@@ -258,8 +258,9 @@ def test_errors_exit_2_and_leave_nothing(video, tiny_run, tmp_path, capsys):
       (["--input", path, "--workdir", str(empty_run)], "no checkpoint"),
       (["--input", str(junk), "--workdir", tiny_run], "junk.mp4"),
       (["--input", path, "--workdir", tiny_run, "--mask", "learned"], "learned mask"),
-      (["--input", path, "--workdir", tiny_run, "--sharpen", "-5"], "--sharpen in 0..500"),
-      (["--input", path, "--workdir", tiny_run, "--detail", "150"], "--detail in 0..100"),
+      (["--input", path, "--workdir", tiny_run, "--sharpen", "-5"], "--sharpen -5: must be in 0..500"),
+      (["--input", path, "--workdir", tiny_run, "--detail", "150"], "--detail 150: must be in"),
+      (["--input", path, "--workdir", tiny_run, "--morph", "101"], "--morph 101: must be in 0..100"),
   ]
   for args, message in cases:
     code, err = run_cli(capsys, *args, "--output", out, "--to", "a", "--alignments", doc)

@@ -145,6 +145,27 @@ class FaceDetector:
       return None
     return pts.astype(np.float32)
 
+  def crop_landmarks(self, crop: np.ndarray, margin: float = 0.35) -> np.ndarray | None:
+    """(478, 2) landmarks of the face filling an aligned crop, in the crop's pixels, or None.
+
+    The crop is framed as `landmarks` frames a detection (the face about half the mesh's input):
+    `margin` x its side of black is added on every side before it is resized for the mesh.
+    """
+    crop = _contiguous(crop)
+    side = crop.shape[0]
+    pad = int(round(margin * side))
+    framed = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    full = side + 2 * pad
+    interp = cv2.INTER_AREA if full > _MESH_INPUT else cv2.INTER_CUBIC
+    result = self._mesh.process(cv2.resize(framed, (_MESH_INPUT, _MESH_INPUT),
+                                           interpolation=interp))
+    if not result.multi_face_landmarks:
+      return None
+    lm = result.multi_face_landmarks[0].landmark
+    if len(lm) != NUM_LANDMARKS:
+      return None
+    return (np.array([[p.x, p.y] for p in lm], np.float64) * full - pad - 0.5).astype(np.float32)
+
   def detect(self, rgb: np.ndarray, min_size: float = 0.0, tiles: int = 1) -> list[Face]:
     """Faces, largest first, with landmarks for those at least `min_size` pixels large."""
     faces = self.find_faces(rgb, tiles)
