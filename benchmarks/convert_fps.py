@@ -2,7 +2,7 @@
 
   python benchmarks/convert_fps.py --input VIDEO --workdir RUN --json OUT.json
       [--alignments FILE] [--frames START:END] [--batch 16] [--repeat 3] [--no-identity]
-      [--no-baseline]
+      [--no-baseline] [--morph PCT]
 
 Three kinds of run over the same frames, each into a temporary mp4 that is deleted afterwards:
   model     the run's model (compiled and warmed up before timing, so compilation is excluded);
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
   p.add_argument("--frames", default=None, help="START:END (default: the whole video)")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--to", default="a", choices=("a", "b"))
+  p.add_argument("--morph", type=float, default=convert.Options.morph,
+                 help="jaxswap-convert's --morph (%%; default: its default); 0 times the "
+                      "pipeline without the landmark morph")
   p.add_argument("--repeat", type=int, default=3,
                   help="identity + baseline pairs, in turn (the median ratio is the figure)")
   p.add_argument("--no-identity", action="store_true")
@@ -98,10 +101,11 @@ def main(argv=None) -> int:
   xla_flags.apply_cpu_defaults(enabled=not args.no_xla_defaults)  # before jax's backend exists
   from jaxswap import swap  # pylint: disable=g-import-not-at-top
   config = swap.load_config(args.workdir)
-  opts = convert.Options(to=args.to, batch=args.batch, frames=convert.parse_frames(args.frames))
+  opts = convert.Options(to=args.to, batch=args.batch, frames=convert.parse_frames(args.frames),
+                         morph=args.morph)
   tmp = tempfile.mkdtemp(prefix="jaxswap-convert-bench-")
   results: dict = {"input": os.path.abspath(args.input), "workdir": os.path.abspath(args.workdir),
-                   "model": config.model.name, "batch": args.batch,
+                   "model": config.model.name, "batch": args.batch, "morph": args.morph,
                    "alignments": args.alignments, "cpus": os.cpu_count(),
                    **xla_flags.describe()}
   def run(kind: str, fn, warm: float) -> dict:

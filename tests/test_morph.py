@@ -44,7 +44,8 @@ def test_backward_map_is_the_identity_for_unmoved_points():
 
 
 def test_backward_map_carries_a_point_and_holds_the_border():
-  """A dot drawn at `source` lands at `target`; the crop's edge samples itself."""
+  """A dot drawn at `source` lands at `target`; the crop's edge samples itself (exactly at the
+  spline's fixed points, within a fraction of a pixel between them)."""
   src, dst = np.array([[50.0, 60.0]]), np.array([[56.0, 66.0]])
   img = np.zeros((SIZE, SIZE), np.float32)
   cv2.circle(img, (50, 60), 2, 1.0, -1)
@@ -53,7 +54,9 @@ def test_backward_map_carries_a_point_and_holds_the_border():
   ys, xs = np.nonzero(out > 0.5)
   assert abs(xs.mean() - 56) < 0.5 and abs(ys.mean() - 66) < 0.5
   base = np.arange(SIZE, dtype=np.float32)
-  assert np.abs(map_x[0] - base).max() < 0.05 and np.abs(map_y[:, -1] - base).max() < 0.05
+  corners = map_x[[0, 0, -1, -1], [0, -1, 0, -1]] - base[[0, -1, 0, -1]]
+  assert np.abs(corners).max() < 0.02
+  assert np.abs(map_x[0] - base).max() < 0.25 and np.abs(map_y[:, -1] - base).max() < 0.25
 
 
 def test_landmarks_of_an_aligned_crop_match_the_frames(face):
