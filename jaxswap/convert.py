@@ -323,8 +323,10 @@ def main(argv=None) -> int:
         f"{summary['seconds']:.1f} s ({summary['fps']:.1f} frames/s)")
   if opts.morph > 0:
     tried = summary["faces_morphed"] + summary["faces_not_morphed"]
+    left = (f"; the other {summary['faces_not_morphed']} blended as drawn (no landmarks found on "
+            "the swapped face, or none near the source's)") if summary["faces_not_morphed"] else ""
     print(f"--morph {opts.morph:g}: {summary['faces_morphed']} of {tried} swapped faces moved onto "
-          "the source's landmarks (the others: no landmarks found on the swapped face)")
+          f"the source's landmarks{left}")
   return 0
 
 
