@@ -106,7 +106,7 @@ class StageTimer:
 
 
 def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: bool,
-                timer: StageTimer) -> np.ndarray:
+                timer: StageTimer, morpher: morph.Morpher | None = None) -> np.ndarray:
   """Draws the frame's swapped faces into `rgb` in place (and returns it, watermarked if asked).
 
   `rgb` is the reader's own array and nothing reads it once its faces are cropped: a copy of a
@@ -116,9 +116,9 @@ def blend_frame(rgb: np.ndarray, jobs: list, opts: Options, size: int, mark: boo
   out = rgb
   for job in jobs:
     face, learned = job.rgb, job.learned
-    if opts.morph > 0 and job.landmarks is not None:
+    if morpher is not None and job.landmarks is not None:
       target = geometry.transform_points(job.matrix, job.landmarks)
-      face, learned, done = morph.morph_face(face, learned, target, opts.morph / 100.0)
+      face, learned, done = morpher(face, learned, target)
       timer.count("faces_morphed" if done else "faces_not_morphed")
     face = composite.sharpen(face, opts.sharpen, opts.sharpen_radius)
     composite.paste_face(out, job.matrix, job.landmarks, job.crop, face, learned,
@@ -182,10 +182,12 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   writer = prefetch.OrderedWriter(sink, on_write=lambda s: timer.add("encode", s))
   t0 = time.perf_counter()
   frames = swapped = 0
+  morpher = morph.Morpher(opts.morph / 100.0) if opts.morph > 0 else None
   try:
     with concurrent.futures.ThreadPoolExecutor(blend_workers) as pool:
       def emit(frame, jobs):
-        writer.put(pool.submit(blend_frame, frame.rgb, jobs, opts, run.size, mark, timer))
+        writer.put(pool.submit(blend_frame, frame.rgb, jobs, opts, run.size, mark, timer,
+                               morpher))
         bar.update(1)
 
       # An mp4 is written at one constant rate: a variable-rate input is refused, not drifted.
@@ -204,6 +206,8 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
     cv2.setNumThreads(cv2_threads)
     bar.close()
     faces.close()
+    if morpher is not None:
+      morpher.close()
   seconds = time.perf_counter() - t0
   return {"frames": frames, "faces_swapped": swapped, "seconds": seconds,
           "fps": frames / max(seconds, 1e-9), "output": png_dir or output,

@@ -5,6 +5,7 @@ resampled (tests/test_extract.py); at the 128 px crop used here the mean over th
 stays under ~1 px, so a 4 px move of the lower lip is well above that noise.
 """
 
+import concurrent.futures
 import dataclasses
 import subprocess
 
@@ -19,6 +20,12 @@ from jaxswap.faces import detect, geometry as g, morph, warp
 skimage_data = pytest.importorskip("skimage.data")
 SIZE = 128
 LOWER_LIP = (14, 17, 84, 87, 178, 181, 314, 317, 402, 405)  # inner and outer lower lip, centre
+
+
+@pytest.fixture(scope="module")
+def detector():
+  with detect.FaceDetector() as d:
+    yield d
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +66,26 @@ def test_backward_map_carries_a_point_and_holds_the_border():
   assert np.abs(map_x[0] - base).max() < 0.25 and np.abs(map_y[:, -1] - base).max() < 0.25
 
 
-def test_landmarks_of_an_aligned_crop_match_the_frames(face):
+def test_landmarks_of_an_aligned_crop_match_the_frames(face, detector):
   crop, lm = face
-  found = morph.face_landmarks(crop)
+  found = morph.face_landmarks(detector, crop)
   assert found is not None and found.shape == (g.NUM_LANDMARKS, 2)
   assert mean_dist(found, lm, morph.MORPH_POINTS) < 1.5
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_morph_moves_the_features_toward_the_target(face, strength):
+def test_morph_moves_the_features_toward_the_target(face, strength, detector):
   """The lower lip asked 4 px lower (a mouth opening): it moves by about strength x 4 px, and
   the eyes stay where they were."""
   crop, lm = face
-  before = morph.face_landmarks(crop)
+  before = morph.face_landmarks(detector, crop)
   target = before.copy()
   target[list(LOWER_LIP), 1] += 4.0
-  out, learned, done = morph.morph_face(crop, np.ones((SIZE, SIZE), np.float32), target, strength)
+  ones = np.ones((SIZE, SIZE), np.float32)
+  out, learned, done = morph.morph_face(detector, crop, ones, target, strength)
   assert done and out.shape == crop.shape and out.dtype == np.float32
   assert learned is not None and learned.shape == (SIZE, SIZE)
-  after = morph.face_landmarks(out)
+  after = morph.face_landmarks(detector, out)
   moved = float(np.mean(after[list(LOWER_LIP), 1] - before[list(LOWER_LIP), 1]))
   assert abs(moved - 4.0 * strength) < 1.2, moved
   eyes = g.RIGHT_EYE + g.LEFT_EYE
@@ -86,15 +94,28 @@ def test_morph_moves_the_features_toward_the_target(face, strength):
   assert np.abs(out[:6] - crop[:6]).max() < 1e-3
 
 
-def test_no_morph_without_landmarks_or_with_implausible_ones(face):
+def test_no_morph_without_landmarks_or_with_implausible_ones(face, detector):
   crop, lm = face
   grey = np.full((SIZE, SIZE, 3), 0.5, np.float32)
-  out, _, done = morph.morph_face(grey, None, lm, 1.0)
+  out, _, done = morph.morph_face(detector, grey, None, lm, 1.0)
   assert not done and out is grey
-  out, _, done = morph.morph_face(crop, None, lm + 40.0, 1.0)  # the mesh is "elsewhere"
+  out, _, done = morph.morph_face(detector, crop, None, lm + 40.0, 1.0)  # the mesh is "elsewhere"
   assert not done and out is crop
-  out, _, done = morph.morph_face(crop, None, lm, 0.0)
+  out, _, done = morph.morph_face(detector, crop, None, lm, 0.0)
   assert not done and out is crop
+
+
+def test_morpher_gives_each_thread_its_detector_and_closes_them(face):
+  """The conversion's blend pool calls one Morpher from several threads at once."""
+  crop, lm = face
+  with morph.Morpher(1.0) as morpher:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      results = list(pool.map(lambda _: morpher(crop, None, lm), range(6)))
+    assert all(done for _, _, done in results)
+    assert 1 <= len(morpher._detectors) <= 2  # pylint: disable=protected-access
+    first = results[0][0]
+    assert all(np.array_equal(r[0], first) for r in results)  # no state between calls
+  assert not morpher._detectors  # pylint: disable=protected-access
 
 
 @pytest.mark.skipif(video_io.ffmpeg_exe() is None, reason="imageio-ffmpeg's ffmpeg is absent")

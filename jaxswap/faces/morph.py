@@ -81,34 +81,24 @@ def backward_map(targets: np.ndarray, sources: np.ndarray, size: int) -> tuple[n
   return base[None, :] + shift[..., 0], base[:, None] + shift[..., 1]
 
 
-_local = threading.local()
-
-
-def _detector():
-  # One mediapipe graph per thread: graphs are stateful and the blend runs on a thread pool.
-  if getattr(_local, "detector", None) is None:
-    from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
-    _local.detector = detect.FaceDetector()
-  return _local.detector
-
-
-def face_landmarks(rgb: np.ndarray) -> np.ndarray | None:
+def face_landmarks(detector, rgb: np.ndarray) -> np.ndarray | None:
   """(478, 2) mesh landmarks of the face filling an aligned crop (float [0, 1] or uint8 RGB)."""
   img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  return _detector().crop_landmarks(img)
+  return detector.crop_landmarks(img)
 
 
-def morph_face(rgb: np.ndarray, learned: np.ndarray | None, target: np.ndarray,
+def morph_face(detector, rgb: np.ndarray, learned: np.ndarray | None, target: np.ndarray,
                strength: float) -> tuple[np.ndarray, np.ndarray | None, bool]:
   """Warps a swapped face (and its learned mask) toward the source's landmarks `target`.
 
-  rgb: float32 (S, S, 3) in [0, 1]; target: (478, 2) source landmarks in the same crop's pixels.
-  Returns (rgb, learned, morphed); morphed is False, and the inputs come back unchanged, when no
-  landmarks are found on the swapped face or they lie implausibly far from the source's.
+  detector: a `detect.FaceDetector` (finds the swapped face's own landmarks); rgb: float32
+  (S, S, 3) in [0, 1]; target: (478, 2) source landmarks in the same crop's pixels. Returns
+  (rgb, learned, morphed); morphed is False, and the inputs come back unchanged, when no landmarks
+  are found on the swapped face or they lie implausibly far from the source's.
   """
   if strength <= 0:
     return rgb, learned, False
-  found = face_landmarks(rgb)
+  found = face_landmarks(detector, rgb)
   if found is None:
     return rgb, learned, False
   size = rgb.shape[0]
@@ -125,3 +115,46 @@ def morph_face(rgb: np.ndarray, learned: np.ndarray | None, target: np.ndarray,
   if learned is not None:
     learned = cv2.remap(learned, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
   return out, learned, True
+
+
+class Morpher:
+  """`morph_face` at one strength from any number of threads; `close()` frees the detectors.
+
+  mediapipe graphs are stateful, so each calling thread gets its own detector on first use (the
+  conversion's blend pool); they all belong to this object and are closed with it.
+  """
+
+  def __init__(self, strength: float):
+    self.strength = strength
+    self._local = threading.local()
+    self._detectors: list = []
+    self._lock = threading.Lock()
+
+  def _detector(self):
+    detector = getattr(self._local, "detector", None)
+    if detector is None:
+      from jaxswap.faces import detect  # pylint: disable=g-import-not-at-top
+      detector = self._local.detector = detect.FaceDetector()
+      with self._lock:
+        self._detectors.append(detector)
+    return detector
+
+  def __call__(self, rgb: np.ndarray, learned: np.ndarray | None, target: np.ndarray):
+    if self.strength <= 0:
+      return rgb, learned, False
+    return morph_face(self._detector(), rgb, learned, target, self.strength)
+
+  def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
+    return face_landmarks(self._detector(), rgb)
+
+  def close(self) -> None:
+    with self._lock:
+      detectors, self._detectors = self._detectors, []
+    for detector in detectors:
+      detector.close()
+
+  def __enter__(self) -> "Morpher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
