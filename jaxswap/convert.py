@@ -2,7 +2,7 @@
 
   jaxswap-convert --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
       [--alignments FILE] [--mask components|extended|learned|learned*components] [--erode 2]
-      [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--morph 0..100] [--batch 16]
+      [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--morph 75] [--batch 16]
       [--frames START:END] [--smooth N] [--face-index K[,K...]] [--track K] [--max-gap F]
       [--watermark] [--png-dir DIR]
   jaxswap-convert --alignments FILE --list-tracks

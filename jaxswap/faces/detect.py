@@ -131,14 +131,11 @@ class FaceDetector:
   def landmarks(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
     """(478, 2) landmarks of `face` in frame pixels, or None when the mesh rejects it."""
     crop, x0, y0, side = _square_crop(rgb, face.bbox, self.crop_scale)
-    result = self._mesh.process(crop)
-    if not result.multi_face_landmarks:
-      return None
-    lm = result.multi_face_landmarks[0].landmark
-    if len(lm) != NUM_LANDMARKS:
+    unit = self._mesh_points(crop)
+    if unit is None:
       return None
     # mediapipe's normalised coordinates put pixel centres at (i + 0.5) / size; so does resize.
-    pts = np.array([[p.x, p.y] for p in lm], np.float64) * side + (x0 - 0.5, y0 - 0.5)
+    pts = unit * side + (x0 - 0.5, y0 - 0.5)
     centre = (face.bbox[:2] + face.bbox[2:]) / 2
     # A neighbour's face can win inside the crop; keep the mesh only if it is this detection's.
     if np.any(np.abs(pts.mean(0) - centre) > 0.5 * face.size):
@@ -157,14 +154,18 @@ class FaceDetector:
     framed = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     full = side + 2 * pad
     interp = cv2.INTER_AREA if full > _MESH_INPUT else cv2.INTER_CUBIC
-    result = self._mesh.process(cv2.resize(framed, (_MESH_INPUT, _MESH_INPUT),
-                                           interpolation=interp))
+    unit = self._mesh_points(cv2.resize(framed, (_MESH_INPUT, _MESH_INPUT), interpolation=interp))
+    return None if unit is None else (unit * full - pad - 0.5).astype(np.float32)
+
+  def _mesh_points(self, crop: np.ndarray) -> np.ndarray | None:
+    """face_mesh on a mesh-sized crop: (478, 2) float64 in mediapipe's [0, 1] units, or None."""
+    result = self._mesh.process(crop)
     if not result.multi_face_landmarks:
       return None
     lm = result.multi_face_landmarks[0].landmark
     if len(lm) != NUM_LANDMARKS:
       return None
-    return (np.array([[p.x, p.y] for p in lm], np.float64) * full - pad - 0.5).astype(np.float32)
+    return np.array([[p.x, p.y] for p in lm], np.float64)
 
   def detect(self, rgb: np.ndarray, min_size: float = 0.0, tiles: int = 1) -> list[Face]:
     """Faces, largest first, with landmarks for those at least `min_size` pixels large."""
