@@ -144,9 +144,6 @@ class Morpher:
       return rgb, learned, False
     return morph_face(self._detector(), rgb, learned, target, self.strength)
 
-  def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
-    return face_landmarks(self._detector(), rgb)
-
   def close(self) -> None:
     with self._lock:
       detectors, self._detectors = self._detectors, []
