@@ -1,8 +1,9 @@
 """Swap faces in a video with a trained run: B's face replaced by A's (or the reverse).
 
   jaxswap-convert --input VIDEO --workdir RUN_DIR --output OUT.mp4 --to a|b
-      [--alignments FILE] [--mask components|extended|learned|learned*components] [--erode 2]
-      [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--morph 75] [--batch 16]
+      [--alignments FILE] [--mask brows|components|extended|learned|learned*components]
+      [--erode 2] [--blur 8] [--color none|avg|rct|hist] [--blend alpha|seamless] [--detail 100]
+      [--morph 75] [--batch 16]
       [--frames START:END] [--smooth N] [--face-index K[,K...]] [--track K] [--max-gap F]
       [--watermark] [--png-dir DIR]
   jaxswap-convert --alignments FILE --list-tracks
@@ -39,14 +40,14 @@ STAGES = ("decode", "detect", "align", "infer", "blend", "encode")
 class Options:
   """How faces are put back; percentages are of the face crop's side in frame pixels."""
   to: str = "a"
-  mask: str = "components"
+  mask: str = "brows"
   erode: float = 2.0
   blur: float = 8.0
   color: str = "rct"
   blend: str = "alpha"
   sharpen: float = 0.0  # unsharp-mask amount (%) on the model's output; 0: off
   sharpen_radius: float = 1.0  # its Gaussian sigma, pixels of the model's output
-  detail: float = 0.0  # % of the frame's detail finer than the crop's pixels kept in the face
+  detail: float = 100.0  # % of the frame's detail finer than the crop's pixels kept in the face
   morph: float = 75.0  # % of the way the swapped face's landmarks move onto the source's
   batch: int = 16
   frames: tuple[int, int | None] = (0, None)
@@ -155,7 +156,7 @@ def convert(input_path: str, workdir: str, output: str | None, opts: Options = O
   if opts.mask.startswith("learned") and not run.has_mask:
     if opts.passthrough:
       raise JaxswapError(f"--mask {opts.mask} with --passthrough: the identity has no learned "
-                         "mask; use components or extended")
+                         "mask; use brows, components or extended")
     raise JaxswapError(f"--mask {opts.mask}: the model of {workdir} has no learned mask "
                        "(train with --config.model.learn_mask=True)")
   faces = convert_faces.FaceSource.create(source, run, alignments_path, opts)
@@ -249,7 +250,12 @@ def parse_args(argv):
   p.add_argument("--to", choices=("a", "b"), help="identity to render faces as")
   p.add_argument("--alignments", help="alignments.json of --input (jaxswap-extract); default: "
                                       "detect faces on the fly")
-  p.add_argument("--mask", default="components", choices=MASKS)
+  p.add_argument("--mask", default="brows", choices=MASKS,
+                 help="where the swapped face replaces the source's: brows (default: eyebrows to "
+                      "chin, the brows raised by half their height above the eyes, as faceswap's "
+                      "and DeepFaceLab's 'extended'), components (brows to chin), extended (the "
+                      "whole face up to the hairline), learned (the model's own mask), "
+                      "learned*components")
   p.add_argument("--erode", type=float, default=2.0,
                  help="shrink the mask by this %% of the face size (negative grows it)")
   p.add_argument("--blur", type=float, default=8.0,
@@ -263,9 +269,10 @@ def parse_args(argv):
                       "scaled into the frame (faceswap/DeepFaceLab merger sharpen); 0: off")
   p.add_argument("--sharpen-radius", type=float, default=1.0,
                  help="the unsharp mask's Gaussian sigma in pixels of the model's output")
-  p.add_argument("--detail", type=float, default=0.0,
+  p.add_argument("--detail", type=float, default=100.0,
                  help="keep this %% of the frame's own detail finer than the model's pixels "
-                      "(skin texture, hair) in a face scaled up into the frame; 0: off")
+                      "(skin texture, hair) in a face scaled up into the frame; default 100, "
+                      "0: off (a face not enlarged has no such detail)")
   p.add_argument("--morph", type=float, default=75.0,
                  help="move the swapped face's eyes, brows, nose, mouth and jaw line this %% of "
                       "the way onto the source face's landmarks (a warp of the model's output: "

@@ -114,10 +114,11 @@ def video(tmp_path_factory):
   return make_video(str(tmp_path_factory.mktemp("video")))
 
 
-def changed_outside(out, inp, m, margin) -> np.ndarray:
-  """Pixels that changed more than `margin` frame pixels outside the components hull."""
+def changed_outside(out, inp, m, margin, kind="brows") -> np.ndarray:
+  """Pixels that changed more than `margin` frame pixels outside the `kind` hull (convert's
+  default mask's unless told)."""
   lm = g.transform_points(g.invert_affine(m), fake_mesh(SIZE))
-  hull = g.fill_convex(g.components_hull(lm), H, W).astype(np.uint8)
+  hull = g.fill_convex(g.mask_hull(lm, kind), H, W).astype(np.uint8)
   near = cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
   return np.any(out != inp, -1) & ~near
 

@@ -152,6 +152,25 @@ def test_masks_nest():
   ext = g.face_mask(face, 128, "extended") > 0
   prio = g.priority_mask(face, 128) > 0
   assert comp.sum() > 0 and np.all(ext[comp]) and ext.sum() > comp.sum()
+  assert np.all(g.face_mask(face, 128, "brows")[comp] > 0)
   assert prio.any()
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="brows"):
     g.face_mask(face, 128, "nonsense")
+
+
+def test_brows_mask_raises_the_brows_by_half_their_height():
+  """faceswap's "extended": the outline's top is half the brow-eye gap above the brows."""
+  face = np.zeros((g.NUM_LANDMARKS, 2))
+  face[:, 0] = np.linspace(30, 98, g.NUM_LANDMARKS)
+  face[:, 1] = 70.0
+  face[list(g.LOWER_FACE_OVAL), 1] = 100.0  # cheeks and jaw well below
+  for eye, brow in ((g.RIGHT_EYE, g.RIGHT_BROW), (g.LEFT_EYE, g.LEFT_BROW)):
+    face[list(eye), 1] = 60.0
+    face[list(brow), 1] = 40.0  # brows 20 px above the eyes
+  hull = g.mask_hull(face, "brows")
+  assert hull[:, 1].min() == pytest.approx(30.0)  # 40 - 0.5 * 20
+  comp = g.mask_hull(face, "components")
+  assert comp[:, 1].min() == pytest.approx(40.0)
+  mask = g.face_mask(face, 128, "brows")
+  x = int(face[list(g.RIGHT_BROW), 0].mean())
+  assert mask[32, x] == 255 and mask[28, x] == 0 and g.face_mask(face, 128, "components")[35, x] == 0

@@ -129,8 +129,9 @@ def crossing(tmp_path):
 
 
 def hull_mask(m: np.ndarray, margin: int) -> np.ndarray:
+  """convert's default mask (brows) of the face placed with `m`, grown by `margin` pixels."""
   lm = g.transform_points(g.invert_affine(m), tc.fake_mesh(tc.SIZE))
-  hull = g.fill_convex(g.components_hull(lm), H, W).astype(np.uint8)
+  hull = g.fill_convex(g.mask_hull(lm, "brows"), H, W).astype(np.uint8)
   return cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
 
 

@@ -16,7 +16,7 @@ from jaxswap.faces import geometry, warp
 
 COLOR_MODES = ("none", "avg", "rct", "hist")
 BLEND_MODES = ("alpha", "seamless")
-MASKS = ("components", "extended", "learned", "learned*components")
+MASKS = ("brows", "components", "extended", "learned", "learned*components")
 MASK_BLUR_PX = 16  # the blur kernel's side in mask pixels at least (mask_size)
 MASK_MIN_PX = 128
 
@@ -244,12 +244,12 @@ def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | Non
               matrix_s: np.ndarray, size_s: int) -> np.ndarray:
   """float32 (S, S) mask in the aligned crop of side S (landmarks in frame pixels)."""
   mask = None
-  if kind in ("components", "extended", "learned*components"):
+  if kind in geometry.HULL_TYPES or kind == "learned*components":
     if landmarks is None:
       raise JaxswapError(f"--mask {kind} needs landmarks, which this face has none of; "
                          "use --mask learned")
     pts = geometry.transform_points(matrix_s, landmarks)
-    hull = geometry.mask_hull(pts, "extended" if kind == "extended" else "components")
+    hull = geometry.mask_hull(pts, kind if kind in geometry.HULL_TYPES else "components")
     mask = geometry.fill_convex(hull, size_s, size_s).astype(np.float32)
   if kind.startswith("learned"):
     if learned is None:

@@ -81,7 +81,9 @@ _TEMPLATE_ROWS = (  # (mesh index, x, y) of the mean face, see the module docstr
 )
 STABLE_POINTS = np.array([r[0] for r in _TEMPLATE_ROWS], np.int64)
 TEMPLATE = np.array([r[1:] for r in _TEMPLATE_ROWS], np.float64)
-MASK_TYPES = ("components", "extended")
+MASK_TYPES = ("components", "extended")  # the masks extraction writes for training
+HULL_TYPES = MASK_TYPES + ("brows",)  # the outlines a conversion can blend with
+BROW_LIFT = 0.5  # "brows": the brows raised by this x their height above the eyes
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np.ndarray:
@@ -222,6 +224,19 @@ def extended_hull(landmarks: np.ndarray) -> np.ndarray:
   return convex_hull(pts[list(FACE_OVAL + LOWER_FACE_OVAL + RIGHT_BROW + LEFT_BROW)])
 
 
+def brows_hull(landmarks: np.ndarray, lift: float = BROW_LIFT) -> np.ndarray:
+  """The components outline with each brow raised by `lift` x its height above its eye.
+
+  faceswap's and DeepFaceLab's "extended" mask: the brows are inside with room to spare, the
+  forehead and hairline above them are not (our `extended` takes the mesh's whole oval, up to the
+  hairline).
+  """
+  pts = np.asarray(landmarks, np.float64)
+  raised = [pts[list(brow)] + lift * (pts[list(brow)].mean(0) - pts[list(eye)].mean(0))
+            for brow, eye in ((RIGHT_BROW, RIGHT_EYE), (LEFT_BROW, LEFT_EYE))]
+  return convex_hull(np.concatenate([pts[list(LOWER_FACE_OVAL)]] + raised))
+
+
 def _scaled_hull(points: np.ndarray, factor: float) -> np.ndarray:
   hull = convex_hull(points)
   centre = hull.mean(0)
@@ -243,7 +258,9 @@ def mask_hull(landmarks: np.ndarray, kind: str = "components") -> np.ndarray:
     return components_hull(landmarks)
   if kind == "extended":
     return extended_hull(landmarks)
-  raise ValueError(f"mask kind {kind!r} is not one of {MASK_TYPES}")
+  if kind == "brows":
+    return brows_hull(landmarks)
+  raise ValueError(f"mask kind {kind!r} is not one of {HULL_TYPES}")
 
 
 def face_mask(landmarks: np.ndarray, size: int, kind: str = "components") -> np.ndarray:
