@@ -211,3 +211,48 @@ def test_detail_adds_the_frames_texture_finer_than_the_crop_and_nothing_coarser(
   # A face smaller than its crop has no such band: nothing is added.
   m_small, _ = scene(0.0, 60.0)
   assert blend.frame_detail(textured[:60, :60], 1.0 / g.matrix_scale(m_small)) is None
+
+
+def test_detail_on_the_skin_reaches_down_to_a_half_resolution_decoders_band():
+  """Stripes at 0.37 cycles per crop pixel (between a "-d" decoder's reach and the crop's
+  Nyquist): over the features only the part the crop cannot hold comes back; on the skin the
+  rest of the band too (Gaussian responses 1 - 0.68 = 0.32 of the amplitude vs 1 - 0.38 = 0.62)."""
+  scale = 4.0  # frame pixels per crop pixel
+  xx = np.arange(240, dtype=np.float32)
+  roi = np.repeat((128 + 40 * np.sin(2 * np.pi * xx * 0.37 / scale))[None, :, None], 200, 0)
+  roi = np.repeat(roi, 3, -1)
+  skin = np.zeros((200, 240), np.float32)
+  skin[:, :120] = 1.0  # left half skin, right half eyes / brows / mouth
+  amp = lambda d, cols: np.sqrt(2) * d[50:150, cols, 0].std()  # noqa: E731
+  with_skin = blend.frame_detail(roi, scale, skin)
+  features_only = blend.frame_detail(roi, scale)
+  assert amp(with_skin, slice(30, 90)) == pytest.approx(0.62 * 40, rel=0.08)
+  assert amp(with_skin, slice(150, 210)) == pytest.approx(0.32 * 40, rel=0.08)
+  np.testing.assert_allclose(features_only[:, 150:210], with_skin[:, 150:210], atol=1e-3)
+  assert amp(features_only, slice(30, 90)) == pytest.approx(0.32 * 40, rel=0.08)
+  # Not enlarged enough for the fine band, but the skin's reaches half a frame pixel: skin only.
+  mild = blend.frame_detail(roi, 1.0, skin)
+  assert blend.frame_detail(roi, 1.0) is None and np.abs(mild[:, 150:210]).max() < 1e-3
+  assert amp(mild, slice(30, 90)) > 1.0
+
+
+def test_skin_weight_is_zero_on_the_features_and_one_on_the_cheeks():
+  lm = np.zeros((g.NUM_LANDMARKS, 2))
+  lm[:] = (100.0, 160.0)  # everything else on the chin
+  ring = lambda c, r, n: c + r * np.stack(  # noqa: E731
+      [np.cos(np.linspace(0, 2 * np.pi, n, endpoint=False)),
+       np.sin(np.linspace(0, 2 * np.pi, n, endpoint=False))], -1)
+  lm[list(g.RIGHT_EYE)] = ring(np.array([70.0, 80.0]), 8, len(g.RIGHT_EYE))
+  lm[list(g.LEFT_EYE)] = ring(np.array([130.0, 80.0]), 8, len(g.LEFT_EYE))
+  lm[list(g.LIPS_OUTER)] = ring(np.array([100.0, 140.0]), 14, len(g.LIPS_OUTER))
+  for brow, x0 in ((g.RIGHT_BROW, 58.0), (g.LEFT_BROW, 118.0)):  # upper and lower contours
+    lm[list(brow)] = [(x0 + 6 * (k % 5), 58.0 + 8 * (k // 5)) for k in range(len(brow))]
+  w = blend.skin_weight(lm, (20, 30, 200, 200), face_px=160.0)  # ROI x0, y0, x1, y1
+  at = lambda x, y: w[y - 30, x - 20]  # noqa: E731
+  assert w.shape == (170, 180)
+  for x, y in ((70, 80), (130, 80), (100, 140)):  # eyes, mouth
+    assert at(x, y) < 0.05, (x, y)
+  for x, y in ((70, 62), (130, 62)):  # the brows' middles: thin, the blurred edge reaches in
+    assert at(x, y) < 0.15, (x, y)
+  for x, y in ((40, 120), (160, 120), (100, 40)):  # cheeks, forehead
+    assert at(x, y) > 0.95, (x, y)

@@ -100,20 +100,54 @@ def sharpen(face: np.ndarray, amount: float, radius: float = 1.0) -> np.ndarray:
                  0.0, 1.0)
 
 
-def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float) -> np.ndarray | None:
-  """The frame's own detail finer than a face crop's pixels: frame - Gaussian(frame), float32.
+# Band edges of `frame_detail`, as Gaussian sigmas in crop pixels (a Gaussian of sigma s halves an
+# image's amplitude at 0.187 / s cycles per pixel). 0.375: the crop's own Nyquist (0.5); above it
+# a model's output scaled up holds nothing. 0.6 (0.31 cycles/px): where a half-resolution
+# ("-d") decoder's output has long since faded too: `quick`'s B->B reconstructions of its training
+# faces keep 0.59 of the crop's amplitude at 0.175 cycles/px and 0.14-0.21 at 0.25-0.4 (pair 3).
+DETAIL_SIGMA = 0.375
+SKIN_DETAIL_SIGMA = 0.6
 
-  A model's output scaled up `frame_px_per_face_px` times into the frame holds no frequency above
-  its crop's Nyquist (0.5 cycles per crop pixel). The Gaussian's sigma, 0.375 crop pixels in
-  frame pixels, halves the response exactly there, so what is returned is (mostly) the band the
-  model cannot draw: skin texture, hair strands, lashes. None where the face is not enlarged
-  (sigma under half a frame pixel: no such band).
+
+def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float,
+                 skin: np.ndarray | None = None) -> np.ndarray | None:
+  """The frame's own detail a face model's output scaled up cannot hold, float32, or None.
+
+  Everywhere, the band finer than the crop's pixels (frame - Gaussian(frame), sigma DETAIL_SIGMA
+  crop pixels, in frame pixels): skin texture, lashes, hair strands. Where `skin` (float32
+  weights over the ROI, see `skin_weight`) is given, that much of the band down to
+  SKIN_DETAIL_SIGMA is added as well: pores, stubble and fine creases that a half-resolution
+  decoder draws as smooth skin. Not over the eyes, brows and mouth, where the source's own edges
+  would fight the swapped face's. None where the face is not enlarged enough for either band
+  (its sigma under half a frame pixel).
   """
-  sigma = 0.375 * frame_px_per_face_px
-  if sigma < 0.5:
+  sigma = DETAIL_SIGMA * frame_px_per_face_px
+  sigma_skin = SKIN_DETAIL_SIGMA * frame_px_per_face_px
+  if sigma_skin < 0.5 or (sigma < 0.5 and skin is None):
     return None
   roi = np.float32(frame_roi)
-  return cv2.subtract(roi, cv2.GaussianBlur(roi, (0, 0), sigma, borderType=cv2.BORDER_REFLECT))
+  blurred = cv2.GaussianBlur(roi, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) if sigma >= 0.5 \
+      else roi
+  fine = cv2.subtract(roi, blurred)
+  if skin is not None:
+    band = cv2.subtract(blurred, cv2.GaussianBlur(roi, (0, 0), sigma_skin,
+                                                  borderType=cv2.BORDER_REFLECT))
+    fine = cv2.add(fine, cv2.multiply(band, cv2.merge([skin] * roi.shape[2])))
+  return fine
+
+
+def skin_weight(landmarks: np.ndarray, roi: tuple[int, int, int, int],
+                face_px: float) -> np.ndarray:
+  """float32 weights over a frame ROI: 0 on the eyes, brows and mouth (`feature_hulls` of the
+  frame-pixel landmarks), 1 elsewhere, with an edge blurred over 3 % of the face's side (a thin
+  brow's middle keeps ~0.1)."""
+  x0, y0, x1, y1 = roi
+  pts = np.asarray(landmarks, np.float64) - (x0, y0)
+  features = np.zeros((y1 - y0, x1 - x0), bool)
+  for hull in geometry.feature_hulls(pts):
+    features |= geometry.fill_convex(hull, y1 - y0, x1 - x0)
+  soft = cv2.GaussianBlur(features.astype(np.float32), (0, 0), max(0.03 * face_px, 0.5))
+  return cv2.subtract(np.ones_like(soft), soft)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,7 +326,8 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
   """Draws one swapped face (`rgb`, the model's output for `crop`) into `frame` in place.
 
   `erode`/`blur` are percentages of the face's side in the frame (`frame_alpha`). `detail` (%)
-  adds that much of the frame's own detail finer than the crop's pixels (`frame_detail`) to the
+  adds that much of the frame's own detail the model's output cannot hold (`frame_detail`: finer
+  than the crop's pixels everywhere, finer than a half-resolution decoder's on the skin) to the
   face before it is blended: the texture a model's small output scaled up cannot have.
   """
   weights = frame_alpha(matrix, landmarks, learned, (frame.shape[1], frame.shape[0]), size=size,
@@ -305,7 +340,9 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
   x0, y0, x1, y1 = roi
   if detail > 0:
-    fine = frame_detail(frame[y0:y1, x0:x1], 1.0 / geometry.matrix_scale(matrix))
+    scale = 1.0 / geometry.matrix_scale(matrix)  # frame pixels per crop pixel
+    skin = None if landmarks is None else skin_weight(landmarks, roi, size * scale)
+    fine = frame_detail(frame[y0:y1, x0:x1], scale, skin)
     if fine is not None:
       face = cv2.scaleAdd(fine, detail / 100.0, face)
   if blend == "seamless":

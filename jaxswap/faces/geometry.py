@@ -243,6 +243,15 @@ def _scaled_hull(points: np.ndarray, factor: float) -> np.ndarray:
   return centre + (hull - centre) * factor
 
 
+def feature_hulls(landmarks: np.ndarray) -> list[np.ndarray]:
+  """Outlines of the eyes (with lids and lashes), the mouth and the brows, each grown well past
+  its contour: where a face's identity-bearing edges are (conversion keeps the frame's detail
+  off them)."""
+  pts = np.asarray(landmarks, np.float64)
+  return priority_hulls(pts, 1.5) + [_scaled_hull(pts[list(b)], 1.6) for b in (RIGHT_BROW,
+                                                                                LEFT_BROW)]
+
+
 def priority_hulls(landmarks: np.ndarray, grow: float = 1.3) -> list[np.ndarray]:
   """Right eye, left eye and mouth outlines, grown about their centres by `grow`.
 
