@@ -47,7 +47,7 @@ class Options:
   blend: str = "alpha"
   sharpen: float = 0.0  # unsharp-mask amount (%) on the model's output; 0: off
   sharpen_radius: float = 1.0  # its Gaussian sigma, pixels of the model's output
-  detail: float = 100.0  # % of the frame's detail finer than the crop's pixels kept in the face
+  detail: float = 100.0  # % of the frame's detail the model cannot draw kept in the face
   morph: float = 75.0  # % of the way the swapped face's landmarks move onto the source's
   batch: int = 16
   frames: tuple[int, int | None] = (0, None)
@@ -270,9 +270,10 @@ def parse_args(argv):
   p.add_argument("--sharpen-radius", type=float, default=1.0,
                  help="the unsharp mask's Gaussian sigma in pixels of the model's output")
   p.add_argument("--detail", type=float, default=100.0,
-                 help="keep this %% of the frame's own detail finer than the model's pixels "
-                      "(skin texture, hair) in a face scaled up into the frame; default 100, "
-                      "0: off (a face not enlarged has no such detail)")
+                 help="keep this %% of the frame's own detail that a face scaled up into the "
+                      "frame cannot hold: finer than the model's pixels, and on the skin (not the "
+                      "eyes, brows, mouth) finer than a half-resolution decoder draws; default "
+                      "100, 0: off")
   p.add_argument("--morph", type=float, default=75.0,
                  help="move the swapped face's eyes, brows, nose, mouth and jaw line this %% of "
                       "the way onto the source face's landmarks (a warp of the model's output: "
