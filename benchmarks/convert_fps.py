@@ -89,6 +89,10 @@ def main(argv=None) -> int:
   p.add_argument("--morph", type=float, default=convert.Options.morph,
                  help="jaxswap-convert's --morph (%%; default: its default); 0 times the "
                       "pipeline without the landmark morph")
+  p.add_argument("--detail", type=float, default=convert.Options.detail,
+                 help="jaxswap-convert's --detail (%%; default: its default)")
+  p.add_argument("--mask", default=convert.Options.mask, choices=convert.MASKS,
+                 help="jaxswap-convert's --mask (default: its default)")
   p.add_argument("--repeat", type=int, default=3,
                   help="identity + baseline pairs, in turn (the median ratio is the figure)")
   p.add_argument("--no-identity", action="store_true")
@@ -102,10 +106,11 @@ def main(argv=None) -> int:
   from jaxswap import swap  # pylint: disable=g-import-not-at-top
   config = swap.load_config(args.workdir)
   opts = convert.Options(to=args.to, batch=args.batch, frames=convert.parse_frames(args.frames),
-                         morph=args.morph)
+                         morph=args.morph, detail=args.detail, mask=args.mask)
   tmp = tempfile.mkdtemp(prefix="jaxswap-convert-bench-")
   results: dict = {"input": os.path.abspath(args.input), "workdir": os.path.abspath(args.workdir),
                    "model": config.model.name, "batch": args.batch, "morph": args.morph,
+                   "detail": args.detail, "mask": args.mask,
                    "alignments": args.alignments, "cpus": os.cpu_count(),
                    **xla_flags.describe()}
   def run(kind: str, fn, warm: float) -> dict:
