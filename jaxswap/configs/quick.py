@@ -2,9 +2,9 @@
 
 `liae128`'s loss and augmentation (masked DSSIM + MSE, eyes/mouth x3, Reinhard colour transfer,
 a learned mask) plus an edge term (`loss.laplacian`), on the df architecture: one shared
-encoder, a decoder per person. At equal steps on a CPU, df moved the swap's identity to A faster than LIAE did (README "How good, how fast"), and
-identity is what an hour of two cores is short of. See that section for what it reaches and how
-long it takes.
+encoder, a decoder per person. At equal steps on a CPU, df moved the swap's identity to A faster
+than LIAE did (README "How good, how fast"), and identity is what an hour of two cores is short
+of. See that section for what it reaches and how long it takes.
 """
 
 from jaxswap.configs import liae128

@@ -107,6 +107,12 @@ def sharpen(face: np.ndarray, amount: float, radius: float = 1.0) -> np.ndarray:
 # faces keep 0.59 of the crop's amplitude at 0.175 cycles/px and 0.14-0.21 at 0.25-0.4 (pair 3).
 DETAIL_SIGMA = 0.375
 SKIN_DETAIL_SIGMA = 0.6
+_MIN_SIGMA = 0.5  # frame pixels: a narrower Gaussian leaves (almost) no band to take
+
+
+def skin_band_applies(frame_px_per_face_px: float) -> bool:
+  """Whether `frame_detail` has a skin band at this enlargement (else its `skin` is unused)."""
+  return SKIN_DETAIL_SIGMA * frame_px_per_face_px >= _MIN_SIGMA
 
 
 def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float,
@@ -122,15 +128,15 @@ def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float,
   (its sigma under half a frame pixel).
   """
   sigma = DETAIL_SIGMA * frame_px_per_face_px
-  sigma_skin = SKIN_DETAIL_SIGMA * frame_px_per_face_px
-  if sigma_skin < 0.5 or (sigma < 0.5 and skin is None):
+  if not skin_band_applies(frame_px_per_face_px) or (sigma < _MIN_SIGMA and skin is None):
     return None
   roi = np.float32(frame_roi)
-  blurred = cv2.GaussianBlur(roi, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) if sigma >= 0.5 \
-      else roi
+  blurred = (cv2.GaussianBlur(roi, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+             if sigma >= _MIN_SIGMA else roi)
   fine = cv2.subtract(roi, blurred)
   if skin is not None:
-    band = cv2.subtract(blurred, cv2.GaussianBlur(roi, (0, 0), sigma_skin,
+    band = cv2.subtract(blurred, cv2.GaussianBlur(roi, (0, 0),
+                                                  SKIN_DETAIL_SIGMA * frame_px_per_face_px,
                                                   borderType=cv2.BORDER_REFLECT))
     fine = cv2.add(fine, cv2.multiply(band, cv2.merge([skin] * roi.shape[2])))
   return fine
@@ -341,7 +347,8 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
   x0, y0, x1, y1 = roi
   if detail > 0:
     scale = 1.0 / geometry.matrix_scale(matrix)  # frame pixels per crop pixel
-    skin = None if landmarks is None else skin_weight(landmarks, roi, size * scale)
+    skin = (skin_weight(landmarks, roi, size * scale)
+            if landmarks is not None and skin_band_applies(scale) else None)
     fine = frame_detail(frame[y0:y1, x0:x1], scale, skin)
     if fine is not None:
       face = cv2.scaleAdd(fine, detail / 100.0, face)
