@@ -74,7 +74,8 @@ def reference_rct(src, ref, mask):
 def test_weights_match_the_full_resolution_mask(angle, face_px, erode, blur):
   h, w = 512, 512
   m, lm = scene(angle, face_px)
-  roi, alpha, small = blend.frame_alpha(m, lm, None, (w, h), size=SIZE, erode=erode, blur=blur)
+  roi, alpha, small, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE, erode=erode,
+                                           blur=blur)
   new = on_canvas(alpha, roi, w, h)
   old = reference_alpha(m, lm, w, h, erode, blur)
   diff = np.abs(new - old)
@@ -115,7 +116,7 @@ def test_pixels_of_weight_zero_keep_their_bits(blend_mode):
     rgb = rng.uniform(0, 1, (SIZE, SIZE, 3)).astype(np.float32)  # nothing like the frame
     out = frame.copy()
     blend.paste_face(out, m, lm, crop, rgb, None, size=SIZE, blend=blend_mode)
-    roi, alpha, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE)
+    roi, alpha, _, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE)
     weight = on_canvas(alpha, roi, w, h)
     np.testing.assert_array_equal(out[weight == 0], frame[weight == 0])
     assert np.abs(out[weight > 0.5].astype(int) - frame[weight > 0.5]).mean() > 20
@@ -193,7 +194,7 @@ def test_detail_adds_the_frames_texture_finer_than_the_crop_and_nothing_coarser(
     blend.paste_face(out, m, lm, crop, flat, None, size=SIZE, color="none", detail=detail)
     return out
 
-  roi, alpha, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE)
+  roi, alpha, _, _ = blend.frame_alpha(m, lm, None, (w, h), size=SIZE)
   weight = on_canvas(alpha, roi, w, h)
   inside = weight > 0.999  # the face, away from the blurred edge
   textured = np.repeat((ramp + fine)[..., None], 3, -1).clip(0, 255).astype(np.uint8)
@@ -236,23 +237,56 @@ def test_detail_on_the_skin_reaches_down_to_a_half_resolution_decoders_band():
   assert amp(mild, slice(30, 90)) > 1.0
 
 
-def test_skin_weight_is_zero_on_the_features_and_one_on_the_cheeks():
+def feature_mesh() -> np.ndarray:
+  """Crop-pixel landmarks of a 170 px crop: round eyes and mouth, two thin brows, the rest on
+  the chin."""
   lm = np.zeros((g.NUM_LANDMARKS, 2))
-  lm[:] = (100.0, 160.0)  # everything else on the chin
+  lm[:] = (80.0, 130.0)
   ring = lambda c, r, n: c + r * np.stack(  # noqa: E731
       [np.cos(np.linspace(0, 2 * np.pi, n, endpoint=False)),
        np.sin(np.linspace(0, 2 * np.pi, n, endpoint=False))], -1)
-  lm[list(g.RIGHT_EYE)] = ring(np.array([70.0, 80.0]), 8, len(g.RIGHT_EYE))
-  lm[list(g.LEFT_EYE)] = ring(np.array([130.0, 80.0]), 8, len(g.LEFT_EYE))
-  lm[list(g.LIPS_OUTER)] = ring(np.array([100.0, 140.0]), 14, len(g.LIPS_OUTER))
-  for brow, x0 in ((g.RIGHT_BROW, 58.0), (g.LEFT_BROW, 118.0)):  # upper and lower contours
-    lm[list(brow)] = [(x0 + 6 * (k % 5), 58.0 + 8 * (k // 5)) for k in range(len(brow))]
-  w = blend.skin_weight(lm, (20, 30, 200, 200), face_px=160.0)  # ROI x0, y0, x1, y1
-  at = lambda x, y: w[y - 30, x - 20]  # noqa: E731
-  assert w.shape == (170, 180)
-  for x, y in ((70, 80), (130, 80), (100, 140)):  # eyes, mouth
-    assert at(x, y) < 0.05, (x, y)
-  for x, y in ((70, 62), (130, 62)):  # the brows' middles: thin, the blurred edge reaches in
-    assert at(x, y) < 0.15, (x, y)
-  for x, y in ((40, 120), (160, 120), (100, 40)):  # cheeks, forehead
-    assert at(x, y) > 0.95, (x, y)
+  lm[list(g.RIGHT_EYE)] = ring(np.array([50.0, 50.0]), 10, len(g.RIGHT_EYE))
+  lm[list(g.LEFT_EYE)] = ring(np.array([110.0, 50.0]), 10, len(g.LEFT_EYE))
+  lm[list(g.LIPS_OUTER)] = ring(np.array([80.0, 110.0]), 14, len(g.LIPS_OUTER))
+  for brow, x0 in ((g.RIGHT_BROW, 38.0), (g.LEFT_BROW, 98.0)):  # upper and lower contours
+    lm[list(brow)] = [(x0 + 6 * (k % 5), 28.0 + 8 * (k // 5)) for k in range(len(brow))]
+  return lm
+
+
+SKIN_ZERO = ((50, 50), (110, 50), (80, 110))  # eyes, mouth
+SKIN_THIN = ((50, 32), (110, 32))  # the brows' middles: thin, the blurred edge reaches in
+SKIN_ONE = ((20, 90), (140, 90), (80, 10))  # cheeks, forehead
+
+
+def test_skin_weight_is_zero_on_the_features_and_one_on_the_cheeks():
+  w = blend.skin_weight(feature_mesh(), 170)
+  assert w.shape == (170, 170) and w.dtype == np.float32
+  for x, y in SKIN_ZERO:
+    assert w[y, x] < 0.05, (x, y)
+  for x, y in SKIN_THIN:
+    assert w[y, x] < 0.15, (x, y)
+  for x, y in SKIN_ONE:
+    assert w[y, x] > 0.95, (x, y)
+
+
+def test_skin_weight_reaches_the_frame_where_the_features_are():
+  """frame_alpha(skin=True): the crop's skin weights warped with the mask onto the rotated,
+  enlarged face in the frame (eyes and mouth found where the frame's landmarks put them)."""
+  size, face_px, angle, centre = 170, 380.0, 20.0, (300.0, 260.0)
+  m = cv2.getRotationMatrix2D(centre, angle, size / face_px)
+  m[:, 2] += np.array([size / 2, size / 2]) - centre
+  frame_lm = g.transform_points(g.invert_affine(m), feature_mesh())
+  w, h = 640, 560
+  weights = blend.frame_alpha(m, frame_lm, None, (w, h), size=size, mask="extended", erode=0,
+                              blur=2, skin=True)
+  assert blend.frame_alpha(m, frame_lm, None, (w, h), size=size).skin is None
+  x0, y0 = weights.roi[:2]
+  assert weights.skin.shape == weights.alpha.shape
+  to_frame = lambda x, y: np.rint(g.transform_points(g.invert_affine(m), [(x, y)])[0]  # noqa: E731
+                                  - (x0, y0)).astype(int)
+  for (x, y), hi in [((x, y), 0.05) for x, y in SKIN_ZERO] + [((x, y), 0.15) for x, y in SKIN_THIN]:
+    fx, fy = to_frame(x, y)
+    assert weights.skin[fy, fx] < hi, (x, y)
+  for x, y in SKIN_ONE[:2]:  # the cheeks (the forehead is outside the extended mask's box)
+    fx, fy = to_frame(x, y)
+    assert weights.skin[fy, fx] > 0.95, (x, y)

@@ -8,6 +8,8 @@ guarantee that matters downstream: a frame pixel whose mask weight is 0 is retur
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -142,18 +144,25 @@ def frame_detail(frame_roi: np.ndarray, frame_px_per_face_px: float,
   return fine
 
 
-def skin_weight(landmarks: np.ndarray, roi: tuple[int, int, int, int],
-                face_px: float) -> np.ndarray:
-  """float32 weights over a frame ROI: 0 on the eyes, brows and mouth (`feature_hulls` of the
-  frame-pixel landmarks), 1 elsewhere, with an edge blurred over 3 % of the face's side (a thin
-  brow's middle keeps ~0.1)."""
-  x0, y0, x1, y1 = roi
-  pts = np.asarray(landmarks, np.float64) - (x0, y0)
-  features = np.zeros((y1 - y0, x1 - x0), bool)
-  for hull in geometry.feature_hulls(pts):
-    features |= geometry.fill_convex(hull, y1 - y0, x1 - x0)
-  soft = cv2.GaussianBlur(features.astype(np.float32), (0, 0), max(0.03 * face_px, 0.5))
-  return cv2.subtract(np.ones_like(soft), soft)
+SKIN_PX = 64  # `skin_weight` is drawn at this side (its edge is a blur over 3 % of it) and enlarged
+
+
+def skin_weight(points: np.ndarray, side: int) -> np.ndarray:
+  """float32 (side, side) weights over an aligned crop of that side: 0 on the eyes, brows and
+  mouth (`feature_hulls` of the crop-pixel landmarks `points`), 1 elsewhere, with an edge blurred
+  over 3 % of the crop's side (a thin brow's middle keeps ~0.1).
+
+  A smooth map: drawn at SKIN_PX and enlarged (within 0.06 of drawing it at a 200 px crop's side,
+  at under half the cost).
+  """
+  small = min(side, SKIN_PX)
+  k = small / side
+  features = np.zeros((small, small), bool)
+  for hull in geometry.feature_hulls(points):
+    features |= geometry.fill_convex((hull + 0.5) * k - 0.5, small, small)  # pixel centres
+  soft = cv2.GaussianBlur(features.astype(np.float32), (0, 0), max(0.03 * small, 0.5))
+  skin = cv2.subtract(np.ones_like(soft), soft)
+  return skin if small == side else cv2.resize(skin, (side, side), interpolation=cv2.INTER_LINEAR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,15 +310,23 @@ def face_mask(kind: str, landmarks: np.ndarray | None, learned: np.ndarray | Non
   return np.ones((size_s, size_s), np.float32) if mask is None else mask
 
 
+class FaceWeights(NamedTuple):
+  """Where and how much of a swapped face goes into its frame (`frame_alpha`)."""
+  roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in the frame
+  alpha: np.ndarray  # float32 (H, W) over the ROI: the blend weights
+  small: np.ndarray  # bool (size, size): the crop's mask, where colour statistics are taken
+  skin: np.ndarray | None  # float32 (H, W) over the ROI (`skin_weight`), where asked for
+
+
 def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.ndarray | None,
                 frame_size: tuple[int, int], *, size: int, mask: str = "components",
-                erode: float = 2.0, blur: float = 8.0):
-  """A face's blend weights in the frame: (roi, alpha (H, W) over roi, crop mask) or None.
+                erode: float = 2.0, blur: float = 8.0, skin: bool = False) -> FaceWeights | None:
+  """A face's blend weights in the frame, or None where none of the mask falls in it.
 
   The percentages are of the face's side in frame pixels (size_s); the mask is drawn at
   mask_size <= size_s (its edge is a blur) and warped to the frame with linear interpolation,
-  over just the frame box of its support. The crop mask (bool, size x size) is where colour
-  statistics are taken.
+  over just the frame box of its support. With `skin` (and landmarks), `skin_weight` is drawn in
+  the same crop and warped to the frame as the mask is.
   """
   w, h = frame_size
   size_s = int(np.clip(round(size / geometry.matrix_scale(matrix)), size, 1024))
@@ -322,7 +339,11 @@ def frame_alpha(matrix: np.ndarray, landmarks: np.ndarray | None, learned: np.nd
   if roi is None:
     return None
   small = cv2.resize(alpha_m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
-  return roi, warp.warp_to_frame(alpha_m, m_m, roi), small
+  skin_m = (skin_weight(geometry.transform_points(m_m, landmarks), size_m)
+            if skin and landmarks is not None else None)
+  # One channel at a time: OpenCV's warp of a 2-channel float image is 5x a 1-channel one's.
+  return FaceWeights(roi, warp.warp_to_frame(alpha_m, m_m, roi), small,
+                     None if skin_m is None else warp.warp_to_frame(skin_m, m_m, roi))
 
 
 def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | None,
@@ -336,19 +357,18 @@ def paste_face(frame: np.ndarray, matrix: np.ndarray, landmarks: np.ndarray | No
   than the crop's pixels everywhere, finer than a half-resolution decoder's on the skin) to the
   face before it is blended: the texture a model's small output scaled up cannot have.
   """
+  scale = 1.0 / geometry.matrix_scale(matrix)  # frame pixels per crop pixel
   weights = frame_alpha(matrix, landmarks, learned, (frame.shape[1], frame.shape[0]), size=size,
-                        mask=mask, erode=erode, blur=blur)
+                        mask=mask, erode=erode, blur=blur,
+                        skin=detail > 0 and skin_band_applies(scale))
   if weights is None:
     return
-  roi, alpha, small = weights
+  roi, alpha, small, skin = weights
   out = color_transfer(color, rgb, crop.astype(np.float32) / 255.0, small)
   face = warp.warp_to_frame(np.multiply(out, 255.0, dtype=np.float32), matrix, roi,
                             cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
   x0, y0, x1, y1 = roi
   if detail > 0:
-    scale = 1.0 / geometry.matrix_scale(matrix)  # frame pixels per crop pixel
-    skin = (skin_weight(landmarks, roi, size * scale)
-            if landmarks is not None and skin_band_applies(scale) else None)
     fine = frame_detail(frame[y0:y1, x0:x1], scale, skin)
     if fine is not None:
       face = cv2.scaleAdd(fine, detail / 100.0, face)
