@@ -17,6 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+fmt = common._fmt  # pylint: disable=protected-access
+
 TRAIN_COLUMNS = [("config", "config"), ("dtype", "dtype"), ("batch", "batch"),
                  ("step_s", "step s"), ("egs_per_s", "EGs/s"), ("tflops", "XLA TFLOP/s"),
                  ("mfu_pct", "MFU % (XLA)"), ("mfu_model_pct", "MFU % (model)"),
@@ -83,7 +85,7 @@ def markdown(rows: list[dict], conv: dict | None, env: dict | None, cut: list[st
   head = [h for _, h in TRAIN_COLUMNS]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
-    lines.append("| " + " | ".join(common._fmt(r.get(k)) for k, _ in TRAIN_COLUMNS) + " |")  # pylint: disable=protected-access
+    lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in TRAIN_COLUMNS) + " |")
   if env and env.get("backend") == "gpu":
     # Seen on an H200 (jax 0.11.2): XLA's count was 0.03-0.2 % of peak where flops.py's was 16-52 %.
     lines += ["", "XLA's cost analysis does not count the convolutions that run as cuDNN custom "
@@ -108,8 +110,8 @@ def markdown(rows: list[dict], conv: dict | None, env: dict | None, cut: list[st
   if conv:
     lines += ["", "| conversion | fps | / decode->encode |", "|---|---|---|"]
     for kind in CONVERT_KINDS:
-      lines.append(f"| {kind} | {common._fmt(conv.get(f'{kind}_fps'))} | "  # pylint: disable=protected-access
-                   f"{common._fmt(conv.get(f'{kind}_vs_baseline'))} |")  # pylint: disable=protected-access
+      lines.append(f"| {kind} | {fmt(conv.get(f'{kind}_fps'))} | "
+                   f"{fmt(conv.get(f'{kind}_vs_baseline'))} |")
   return "\n".join(lines) + "\n"
 
 
@@ -130,12 +132,13 @@ def main() -> None:
     print(f"gpu_report: no convert.json in {args.outdir}", file=sys.stderr)
   common.print_table(rows, TRAIN_COLUMNS)
   if conv:
-    print("\nconversion fps: " + ", ".join(f"{k} {common._fmt(conv.get(f'{k}_fps'))}"  # pylint: disable=protected-access
+    print("\nconversion fps: " + ", ".join(f"{k} {fmt(conv.get(f'{k}_fps'))}"
                                           for k in CONVERT_KINDS))
   common.write_json(os.path.join(args.outdir, "gpu.json"), {
       "environment": env, "smoke_test": bool(args.smoke),
       "peak_tflops": {"bfloat16": args.peak_bf16, "float32 (TF32)": args.peak_fp32},
-      "train": rows, "train_files_cut_short": cut, "convert": conv, "load_average_after": common.load_average()})
+      "train": rows, "train_files_cut_short": cut, "convert": conv,
+      "load_average_after": common.load_average()})
   with open(os.path.join(args.outdir, "gpu.md"), "w") as f:
     f.write(markdown(rows, conv, env, cut, args))
   print(f"# wrote {os.path.join(args.outdir, 'gpu.md')}")

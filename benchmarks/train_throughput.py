@@ -405,7 +405,8 @@ def main() -> None:
       "faceswap_loss": FACESWAP_LOSS if args.faceswap_loss else None,
       "dataset": built.report if built else args.data_dir,
       "loader_bound_threshold": LOADER_BOUND,
-      "rows": rows, "round_ratios": {" ".join(map(str, k)): v for k, v in round_ratios(rows).items()},
+      "rows": rows,
+      "round_ratios": {" ".join(map(str, k)): v for k, v in round_ratios(rows).items()},
       "interrupted": interrupted, "load_average_after": common.load_average()})
   if interrupted:  # skip interpreter teardown: it may wait on the interrupted device work
     sys.stdout.flush()

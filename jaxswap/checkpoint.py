@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxswap.errors import JaxswapError, disk_error, write_failure  # pylint: disable=unused-import
+from jaxswap.errors import JaxswapError, write_failure
 
 log = logging.getLogger("jaxswap.checkpoint")
 

@@ -277,7 +277,8 @@ def parse_args(argv):
   p.add_argument("--morph", type=float, default=75.0,
                  help="move the swapped face's eyes, brows, nose, mouth and jaw line this %% of "
                       "the way onto the source face's landmarks (a warp of the model's output: "
-                      "expression and head pose follow the source more closely); default 75, 0: off")
+                      "expression and head pose follow the source more closely); "
+                      "default 75, 0: off")
   p.add_argument("--batch", type=int, default=16, help="faces per model call")
   p.add_argument("--frames", help="START:END, convert only these frames (END exclusive)")
   p.add_argument("--smooth", type=int, default=0,

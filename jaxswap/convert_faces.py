@@ -76,7 +76,8 @@ class Run:
     return cls(config, lambda faces: jitted(params, faces), jitted, step, batch, face)
 
   def compilations(self) -> int | None:
-    return self._jitted._cache_size() if self._jitted is not None else None  # pylint: disable=protected-access
+    jitted = self._jitted
+    return jitted._cache_size() if jitted is not None else None  # pylint: disable=protected-access
 
   def batches(self, stream: Iterator, timer, max_frames: int | None = None) -> Iterator:
     """(frame, jobs) in order, jobs filled; one batch on the device while the next is aligned."""

@@ -276,7 +276,8 @@ def _pose_bias(relative: list) -> dict:
   rots = [np.asarray(r, np.float64) for r in relative if r is not None]
   rots = [r for r in rots if np.all(np.isfinite(r))]
   if not rots:
-    return {"pose_bias_deg": None, "pose_bias_yaw_pitch_roll": None, "pose_tracking_error_deg": None}
+    return {"pose_bias_deg": None, "pose_bias_yaw_pitch_roll": None,
+            "pose_tracking_error_deg": None}
   mean = metrics.mean_rotation(rots)
   return {"pose_bias_deg": metrics.rotation_angle(mean, np.eye(3)),
           "pose_bias_yaw_pitch_roll": [round(a, 2) for a in pose.yaw_pitch_roll(mean)],

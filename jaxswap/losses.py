@@ -245,8 +245,9 @@ def reconstruction_loss(
           (eye_mouth_loss "pixel"; with "mae": eye_mouth_weight * MAE weighted by `priority`)
         + mask * MSE(pred_mask, mask).
   With cfg.masked and a mask, every term compares the masked images (a mean over all pixels, as
-  the references do); the priority terms compare the priority-masked images. If neither MAE nor MSE is configured, the priority term uses plain MAE so that
-  eye_mouth_weight still acts. Zero-weight terms are not computed.
+  the references do); the priority terms compare the priority-masked images. If neither MAE nor
+  MSE is configured, the priority term uses plain MAE so that eye_mouth_weight still acts.
+  Zero-weight terms are not computed.
   """
   pred, target = _f32(pred), _f32(target)
   use_mask = bool(cfg.masked) and mask is not None

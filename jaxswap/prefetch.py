@@ -1,4 +1,4 @@
-"""Background threads: an iterator run ahead (decoding, host-to-device copies), an ordered writer."""
+"""Background threads: an iterator run ahead (decoding, host-to-device copies), ordered writing."""
 
 from __future__ import annotations
 

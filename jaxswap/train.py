@@ -28,8 +28,7 @@ from jaxswap.checkpoint import Checkpointer
 from jaxswap.recovery import architecture, check_workdir, field  # re-exported: callers use train.*
 # The step lives in jaxswap.step; re-exported, as tests and benchmarks call train.*.
 from jaxswap.step import (  # pylint: disable=unused-import
-    TrainState, create_state, discriminator_step, eval_losses, make_discriminator, make_optimizer,
-    make_train_step, _prepare)
+    TrainState, create_state, eval_losses, make_discriminator, make_optimizer, make_train_step)
 from jaxswap.errors import JaxswapError
 
 log = logging.getLogger("jaxswap.train")
@@ -164,8 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     if warped not in step_fns:
       cfg = config
       if config.augment.warp and not warped:  # warp_until reached
-        log.info("augment.warp_until=%d: inputs unwarped from step %d on", config.augment.warp_until,
-                 step)
+        log.info("augment.warp_until=%d: inputs unwarped from step %d on",
+                 config.augment.warp_until, step)
         cfg = unwarped_config(config)
       step_fns[warped] = make_train_step(model, tx, cfg, mesh).lower(state, example).compile()
       logs.log_memory(step_fns[warped])

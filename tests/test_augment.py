@@ -241,7 +241,7 @@ def test_reinhard_transfer_moves_face_statistics_to_the_reference():
 
 def test_train_step_recolours_a_toward_b_only_with_rct(monkeypatch):
   """With rct, A's training faces carry B's colours; B's faces are untouched."""
-  from jaxswap import train  # pylint: disable=g-import-not-at-top
+  from jaxswap import step  # pylint: disable=g-import-not-at-top
   from jaxswap.configs import tiny  # pylint: disable=g-import-not-at-top
   cfg = tiny.get_config()
   for k in ("rotation_deg", "zoom", "shift", "flip_prob", "brightness", "contrast",
@@ -252,13 +252,15 @@ def test_train_step_recolours_a_toward_b_only_with_rct(monkeypatch):
   batch = {
       "image_a": np.full((n, s, s, 3), (200, 120, 90), np.uint8),  # warm, bright
       "image_b": np.full((n, s, s, 3), (60, 80, 140), np.uint8),  # cool, dark
-      "mask_a": np.full((n, s, s, 1), 255, np.uint8), "mask_b": np.full((n, s, s, 1), 255, np.uint8),
-      "priority_a": np.zeros((n, s, s, 1), np.uint8), "priority_b": np.zeros((n, s, s, 1), np.uint8),
+      "mask_a": np.full((n, s, s, 1), 255, np.uint8),
+      "mask_b": np.full((n, s, s, 1), 255, np.uint8),
+      "priority_a": np.zeros((n, s, s, 1), np.uint8),
+      "priority_b": np.zeros((n, s, s, 1), np.uint8),
   }
   rng = jax.random.PRNGKey(0)
-  plain_a, plain_b = train._prepare(rng, batch, cfg)  # pylint: disable=protected-access
+  plain_a, plain_b = step._prepare(rng, batch, cfg)  # pylint: disable=protected-access
   cfg.augment.color_transfer = "rct"
-  ct_a, ct_b = train._prepare(rng, batch, cfg)  # pylint: disable=protected-access
+  ct_a, ct_b = step._prepare(rng, batch, cfg)  # pylint: disable=protected-access
   np.testing.assert_allclose(plain_a.targets, batch["image_a"] / 255.0, atol=1e-6)
   np.testing.assert_allclose(ct_a.targets, batch["image_b"] / 255.0, atol=2e-3)
   np.testing.assert_allclose(ct_a.inputs, ct_a.targets, atol=1e-6)  # input and target alike

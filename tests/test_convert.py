@@ -1,4 +1,6 @@
-"""jaxswap.convert (jaxswap-convert) end to end on synthetic video with a tiny run: frames, pixels, audio, errors.
+"""jaxswap.convert (jaxswap-convert) end to end on synthetic video with a tiny run.
+
+Frames, pixels, audio, errors.
 
 The run is a `tiny` network trained for two steps on the synthetic identities: conversion's
 behaviour does not depend on how well the model was trained.
@@ -96,7 +98,8 @@ def make_video(folder, centres=(80.0,), audio=False):
     if i not in NO_FACE:
       for cx in centres:
         m = face_matrix(i, cx)
-        cv2.warpAffine(faces[i], m, (W, H), dst=frame, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        cv2.warpAffine(faces[i], m, (W, H), dst=frame,
+                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                        borderMode=cv2.BORDER_TRANSPARENT)
         placed.setdefault(i, []).append(m)
     frames.append(frame)
@@ -114,13 +117,17 @@ def video(tmp_path_factory):
   return make_video(str(tmp_path_factory.mktemp("video")))
 
 
-def changed_outside(out, inp, m, margin, kind="brows") -> np.ndarray:
-  """Pixels that changed more than `margin` frame pixels outside the `kind` hull (convert's
-  default mask's unless told)."""
+def hull_mask(m: np.ndarray, margin: int, kind: str = "brows", shape=(H, W)) -> np.ndarray:
+  """The `kind` hull (convert's default mask's unless told) of the fake face placed with `m` in
+  a frame of `shape`, grown by `margin` frame pixels."""
   lm = g.transform_points(g.invert_affine(m), fake_mesh(SIZE))
-  hull = g.fill_convex(g.mask_hull(lm, kind), H, W).astype(np.uint8)
-  near = cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
-  return np.any(out != inp, -1) & ~near
+  hull = g.fill_convex(g.mask_hull(lm, kind), *shape).astype(np.uint8)
+  return cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+
+
+def changed_outside(out, inp, m, margin, kind="brows") -> np.ndarray:
+  """Pixels that changed outside `hull_mask`."""
+  return np.any(out != inp, -1) & ~hull_mask(m, margin, kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,9 +266,11 @@ def test_errors_exit_2_and_leave_nothing(video, tiny_run, tmp_path, capsys):
       (["--input", path, "--workdir", str(empty_run)], "no checkpoint"),
       (["--input", str(junk), "--workdir", tiny_run], "junk.mp4"),
       (["--input", path, "--workdir", tiny_run, "--mask", "learned"], "learned mask"),
-      (["--input", path, "--workdir", tiny_run, "--sharpen", "-5"], "--sharpen -5: must be in 0..500"),
+      (["--input", path, "--workdir", tiny_run, "--sharpen", "-5"],
+       "--sharpen -5: must be in 0..500"),
       (["--input", path, "--workdir", tiny_run, "--detail", "150"], "--detail 150: must be in"),
-      (["--input", path, "--workdir", tiny_run, "--morph", "101"], "--morph 101: must be in 0..100"),
+      (["--input", path, "--workdir", tiny_run, "--morph", "101"],
+       "--morph 101: must be in 0..100"),
   ]
   for args, message in cases:
     code, err = run_cli(capsys, *args, "--output", out, "--to", "a", "--alignments", doc)

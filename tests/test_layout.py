@@ -18,7 +18,8 @@ PACKAGE = os.path.join(ROOT, "jaxswap")
 
 # The training core and what it stands on.
 CORE = ("jaxswap.train", "jaxswap.step", "jaxswap.models", "jaxswap.losses", "jaxswap.augment",
-        "jaxswap.parallel", "jaxswap.checkpoint", "jaxswap.swap", "jaxswap.previews", "jaxswap.logs",
+        "jaxswap.parallel", "jaxswap.checkpoint", "jaxswap.swap", "jaxswap.previews",
+        "jaxswap.logs",
         "jaxswap.prefetch", "jaxswap.errors", "jaxswap.provenance", "jaxswap.synthetic_eval",
         "jaxswap.data", "jaxswap.configs")
 # What the core must never reach.

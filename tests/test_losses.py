@@ -86,7 +86,8 @@ def test_both_blur_forms_match_the_float64_blur_and_each_others_gradient(method)
   a, b = _images(5, shape=(2, 24, 20, 3))
   blur = losses.gaussian_filter(11, 1.5, method)
   np.testing.assert_allclose(blur(a), _blur_ref(a), atol=1e-6)
-  grad = lambda m: jax.grad(lambda x: jnp.sum(losses.gaussian_filter(11, 1.5, m)(x) * b[:, 5:19, 5:15]))(a)  # noqa: E731
+  grad = lambda m: jax.grad(  # noqa: E731
+      lambda x: jnp.sum(losses.gaussian_filter(11, 1.5, m)(x) * b[:, 5:19, 5:15]))(a)
   np.testing.assert_allclose(grad(method), grad("band" if method == "shift" else "shift"),
                              atol=1e-6)
 

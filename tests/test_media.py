@@ -17,7 +17,8 @@ def test_png_carries_provenance_and_decodes_unchanged(tmp_path):
   provenance.write_png(path, rgb, provenance.provenance("test", run="r1"))
   record = video.provenance_of(path)
   assert record["synthetic"] is True and record["run"] == "r1"
-  assert provenance.png_text(open(path, "rb").read())["DigitalSourceType"] == provenance.IPTC_SYNTHETIC
+  text = provenance.png_text(open(path, "rb").read())
+  assert text["DigitalSourceType"] == provenance.IPTC_SYNTHETIC
   np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB), rgb)
   assert os.listdir(tmp_path) == ["x.png"]  # no temporary left behind
 

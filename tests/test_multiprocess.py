@@ -1,4 +1,4 @@
-"""Two JAX processes on loopback (gloo CPU collectives) train like one process with their devices."""
+"""Two JAX processes on loopback (gloo CPU collectives) train as one process with their devices."""
 
 import os
 import socket

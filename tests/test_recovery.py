@@ -14,8 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxswap import checkpoint, recovery, swap, train
-from jaxswap.errors import JaxswapError
+from jaxswap import checkpoint, errors, recovery, swap, train
 from tests.conftest import ROOT, tiny_config
 
 STEPS = 8  # the straight run: checkpoints at 4, 6 and 8 (every 2, the last 3 kept)
@@ -250,16 +249,16 @@ def test_full_disk_while_saving_is_one_clear_error_and_keeps_the_last_checkpoint
 
 
 def test_disk_errors_are_recognised_in_any_wording():
-  assert checkpoint.disk_error(OSError(errno.ENOSPC, "x")) == errno.ENOSPC
-  assert checkpoint.disk_error(ValueError("Failed writing: Permission denied")) == errno.EACCES
+  assert errors.disk_error(OSError(errno.ENOSPC, "x")) == errno.ENOSPC
+  assert errors.disk_error(ValueError("Failed writing: Permission denied")) == errno.EACCES
   try:
     try:
       raise OSError(errno.EDQUOT, "quota")
     except OSError as inner:
       raise RuntimeError("wrapper") from inner
   except RuntimeError as outer:
-    assert checkpoint.disk_error(outer) == errno.EDQUOT
-  assert checkpoint.disk_error(ValueError("shape mismatch")) is None
+    assert errors.disk_error(outer) == errno.EDQUOT
+  assert errors.disk_error(ValueError("shape mismatch")) is None
 
 
 # ----------------------------------------------------------------------------------------------

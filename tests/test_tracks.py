@@ -128,13 +128,6 @@ def crossing(tmp_path):
   return path, doc_path, placed
 
 
-def hull_mask(m: np.ndarray, margin: int) -> np.ndarray:
-  """convert's default mask (brows) of the face placed with `m`, grown by `margin` pixels."""
-  lm = g.transform_points(g.invert_affine(m), tc.fake_mesh(tc.SIZE))
-  hull = g.fill_convex(g.mask_hull(lm, "brows"), H, W).astype(np.uint8)
-  return cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
-
-
 @tc.needs_ffmpeg
 def test_track_swaps_the_same_person_in_every_frame(crossing, tiny_run, tmp_path, capsys):
   path, doc_path, placed = crossing
@@ -148,9 +141,10 @@ def test_track_swaps_the_same_person_in_every_frame(crossing, tiny_run, tmp_path
   for i, inp in enumerate(tc.read_frames(path)):
     out = cv2.cvtColor(cv2.imread(str(png / f"frame_{i:06d}.png")), cv2.COLOR_BGR2RGB)
     changed = np.any(out != inp, -1)
-    mine = hull_mask(placed[i][0], 8)
+    mine = tc.hull_mask(placed[i][0], 8, shape=(H, W))
     assert not (changed & ~mine).any(), i  # nothing of person 1 outside person 0's face
-    visible = hull_mask(placed[i][0], -0) & (~hull_mask(placed[i][1], 8) if i else True)
+    visible = tc.hull_mask(placed[i][0], 0, shape=(H, W)) & (
+        ~tc.hull_mask(placed[i][1], 8, shape=(H, W)) if i else True)
     assert changed[visible].mean() > 0.5, i  # and person 0's face did change
 
 

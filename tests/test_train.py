@@ -14,6 +14,7 @@ import pytest
 from jaxswap import models, parallel, swap, train
 from jaxswap.data import loader as data
 from jaxswap.errors import JaxswapError
+from jaxswap.step import discriminator_step
 from tests.conftest import ROOT, tiny_config
 
 
@@ -33,7 +34,8 @@ def _run_steps(config, mesh, batches):
 def test_eight_devices_match_one_device_and_compile_once(synthetic_data_dir):
   # Plain SGD: Adam divides by sqrt(v) and so magnifies float noise in near-zero gradients,
   # which would hide a real difference behind a loose tolerance.
-  config = tiny_config(synthetic_data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.1})
+  config = tiny_config(synthetic_data_dir,
+                       **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.1})
   loader = data.StepLoader(synthetic_data_dir, "jaxswap_synthetic", "train", 8, seed=0)
   batches = [loader.batch(s) for s in range(3)]
   assert len(jax.devices()) == 8
@@ -179,7 +181,8 @@ def test_workdir_of_another_architecture_is_refused_untouched(synthetic_data_dir
   train.train_and_evaluate(tiny_config(synthetic_data_dir, steps=2), workdir, progress=False)
   before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
   config_text = open(os.path.join(workdir, "config.json")).read()
-  r = _cli(_cli_args(tiny_config(synthetic_data_dir), workdir, 4) + ["--config.model.learn_mask=True"])
+  r = _cli(_cli_args(tiny_config(synthetic_data_dir), workdir, 4)
+           + ["--config.model.learn_mask=True"])
   assert r.returncode == 2
   assert "different architecture" in r.stderr and "learn_mask" in r.stderr
   assert open(os.path.join(workdir, "config.json")).read() == config_text
@@ -369,7 +372,7 @@ def test_code_discriminator_learns_to_tell_two_code_sets_apart():
   rng = np.random.default_rng(0)
   code_a = jnp.asarray(rng.normal(0.3, 1.0, (16, 8, 8, 128)), jnp.float32)
   code_b = jnp.asarray(rng.normal(-0.3, 1.0, (16, 8, 8, 128)), jnp.float32)
-  step = jax.jit(lambda s: train.discriminator_step(s, disc, code_a, code_b))
+  step = jax.jit(lambda s: discriminator_step(s, disc, code_a, code_b))
   state, first = step(state)
   for _ in range(20):
     state, last = step(state)

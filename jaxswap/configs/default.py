@@ -80,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # TFDS data_dir; empty means ~/tensorflow_datasets
-  c.data.name = "jaxswap_faces"  # jaxswap_faces | jaxswap_synthetic (builder name, optionally :version)
+  # jaxswap_faces | jaxswap_synthetic (the builder's name, optionally :version)
+  c.data.name = "jaxswap_faces"
   c.data.split = "train"
   # Parts each split is cut into; each process reads its own parts. 0 = one per process. Fix it
   # (e.g. 8) to keep the exact data order when resuming with a different number of processes.

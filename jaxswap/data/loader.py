@@ -42,7 +42,7 @@ def to_float(images) -> jnp.ndarray:
 class DatasetSpec:
   image_size: int
   num_examples: dict  # identity -> examples in this process's part of the split
-  face: dict | None = None  # crop coverage, template id, size of real faces (datasets.face_geometry)
+  face: dict | None = None  # real faces' crop coverage, template id, size (datasets.face_geometry)
 
 
 class StepLoader:
@@ -117,7 +117,7 @@ class StepLoader:
             "priority": decode_png(record["priority"], 1)}
 
   def batch(self, step: int, pool: concurrent.futures.Executor | None = None) -> dict:
-    """Host-local uint8 batch of `step`: image_a, image_b (b,H,W,3); mask_*, priority_* (b,H,W,1)."""
+    """Host-local uint8 batch of `step`: image_a/b (b,H,W,3), mask_* and priority_* (b,H,W,1)."""
     out = {}
     for ident in IDENTITIES:
       decoded = []
