@@ -96,9 +96,11 @@ def reference(path: str, flag: str, num_jitters: int) -> dict:
   if not faces:
     raise JaxswapError(f"no face found in {flag} {path} (looked at {len(picks)} frames); give a "
                        "video or photos in which the person's face is visible and frontal")
+  keep = recognise.one_person(np.stack([f[1].descriptor for f in faces]))
+  others, faces = int((~keep).sum()), [f for f, k in zip(faces, keep) if k]
   descriptors = np.stack([f[1].descriptor for f in faces])
   mean = descriptors.mean(0)
-  return {"descriptor": mean, "faces": len(faces), "looked_at": len(picks),
+  return {"descriptor": mean, "faces": len(faces), "looked_at": len(picks), "others": others,
           "spread": float(np.linalg.norm(descriptors - mean, axis=1).mean()),
           "crops": [f[2] for f in faces], "poses": [f[3] for f in faces]}
 
@@ -171,7 +173,10 @@ def _b_reference(frames: list[dict], source: str) -> dict:
                        "--identity-b, or a source video in which the face is visible")
   keep = np.unique(np.linspace(0, len(found) - 1, min(len(found), REFERENCE_FACES)).round())
   descs = np.stack([found[int(k)] for k in keep])
+  same = recognise.one_person(descs)
+  descs = descs[same]
   return {"descriptor": descs.mean(0), "faces": len(descs), "looked_at": len(frames),
+          "others": int((~same).sum()),
           "spread": float(np.linalg.norm(descs - descs.mean(0), axis=1).mean())}
 
 
@@ -248,7 +253,7 @@ def evaluate(swapped: str, source: str, identity: str, identity_b: str | None = 
       "identity_b": os.path.abspath(identity_b) if identity_b else None,
       "settings": {"every": every, "max_frames": max_frames, "num_jitters": num_jitters,
                    "same_person_threshold": recognise.SAME_PERSON, "frames_in_video": n_src},
-      "references": {name: {k: r[k] for k in ("faces", "looked_at", "spread")}
+      "references": {name: {k: r[k] for k in ("faces", "looked_at", "others", "spread")}
                      for name, r in (("a", ref_a), ("b", ref_b))},
       "seconds_per_frame": seconds / max(len(frames), 1),
       "cpu_seconds_per_frame": cpu / max(len(frames), 1),

@@ -71,12 +71,18 @@ def table(result: dict) -> str:
                  f"{span['margin_deg']:.0f} deg to spare)")
   lines += ["(cells: mean / median; recognised as A = closer to A than to B and distance < "
             f"{settings['same_person_threshold']})",
-            f"references: A {refs['a']['faces']} faces in {refs['a']['looked_at']} frames "
-            f"(spread {refs['a']['spread']:.3f}); B from {refs['b']['from']}: "
-            f"{refs['b']['faces']} faces (spread {refs['b']['spread']:.3f})",
+            f"references: A {refs['a']['faces']} faces in {refs['a']['looked_at']} frames"
+            f"{_others(refs['a'])} (spread {refs['a']['spread']:.3f}); B from "
+            f"{refs['b']['from']}: {refs['b']['faces']} faces{_others(refs['b'])} "
+            f"(spread {refs['b']['spread']:.3f})",
             f"{result['seconds_per_frame']:.2f} s per evaluated frame "
             f"({result['cpu_seconds_per_frame']:.2f} s of CPU time)"]
   return "\n".join(lines)
+
+
+def _others(ref: dict) -> str:
+  n = ref.get("others", 0)
+  return f", {n} face{'s' if n > 1 else ''} of someone else left out" if n else ""
 
 
 def write_json(path: str, result: dict) -> None:

@@ -163,3 +163,17 @@ def iou(a: Box, b: Box) -> float:
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
+
+
+def one_person(descriptors: np.ndarray) -> np.ndarray:
+  """bool mask of the descriptors of the person most of them show.
+
+  A reference video can show other faces besides its subject (someone passing, a photo or a
+  drawing on a screen); one of them in the mean descriptor pulls it away from the subject. Kept:
+  the faces within SAME_PERSON of the medoid (the face with the smallest median distance to the
+  others), which is the subject's whenever the subject is most of the faces.
+  """
+  d = np.asarray(descriptors, np.float64)
+  dist = np.linalg.norm(d[:, None, :] - d[None, :, :], axis=-1)
+  medoid = int(np.argmin(np.median(dist, axis=1)))
+  return dist[medoid] < SAME_PERSON

@@ -202,6 +202,19 @@ def test_recognised_as_a_needs_closer_to_a_and_under_threshold():
   assert s["swap"]["flicker_ratio"] is None
 
 
+def test_reference_keeps_the_person_most_faces_show():
+  """Two faces of someone else (a drawing on a screen, a passer-by) among eight of the subject:
+  left out, and the subject's own spread kept, even where the other two are alike."""
+  rng = np.random.default_rng(0)
+  subject, other = np.zeros(128), np.zeros(128)
+  other[0] = 0.9
+  descs = np.concatenate([subject + rng.normal(0, 0.02, (8, 128)),
+                          other + rng.normal(0, 0.01, (2, 128))])
+  keep = recognise.one_person(descs)
+  assert keep.tolist() == [True] * 8 + [False] * 2
+  assert recognise.one_person(descs[:8]).all()  # one person: nothing left out
+
+
 def test_missing_extra_is_a_clear_error(monkeypatch, tmp_path, capsys):
   monkeypatch.setitem(sys.modules, "dlib", None)
   recognise._models.cache_clear()  # pylint: disable=protected-access
@@ -223,6 +236,7 @@ def test_unchanged_clip_scores_as_its_own_baseline(clip, tmp_path, capsys):
                  "--json", out_json, "--sheet", sheet, "--sheet-rows", "3"])
   out = capsys.readouterr().out
   assert "recognised as A" in out and "posed outside A's footage: 0 %" in out
+  assert "someone else" not in out  # the clip's one face: no reference face left out
   assert "follows eyes / mouth" in out
   result = json.load(open(out_json))
   s = result["summary"]
