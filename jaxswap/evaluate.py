@@ -96,11 +96,12 @@ def reference(path: str, flag: str, num_jitters: int) -> dict:
   if not faces:
     raise JaxswapError(f"no face found in {flag} {path} (looked at {len(picks)} frames); give a "
                        "video or photos in which the person's face is visible and frontal")
-  keep = recognise.one_person(np.stack([f[1].descriptor for f in faces]))
-  others, faces = int((~keep).sum()), [f for f, k in zip(faces, keep) if k]
   descriptors = np.stack([f[1].descriptor for f in faces])
+  keep = recognise.one_person(descriptors)
+  faces, descriptors = [f for f, k in zip(faces, keep) if k], descriptors[keep]
   mean = descriptors.mean(0)
-  return {"descriptor": mean, "faces": len(faces), "looked_at": len(picks), "others": others,
+  return {"descriptor": mean, "faces": len(faces), "looked_at": len(picks),
+          "others": int((~keep).sum()),
           "spread": float(np.linalg.norm(descriptors - mean, axis=1).mean()),
           "crops": [f[2] for f in faces], "poses": [f[3] for f in faces]}
 
