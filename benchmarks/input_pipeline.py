@@ -16,9 +16,8 @@ Measures, per batch size (per identity, per process):
 headroom = loader batches/s / step steps/s; below 1 the device waits for the host. On a CPU-only
 host the loader's threads compete with XLA for the same cores, which end-to-end shows.
 `--step-from TRAIN.json` reuses a train_throughput.py measurement instead of timing the step.
-Without --data-dir, a synthetic dataset (jaxswap.data.datasets.build_synthetic, the config's image
-size)
-is built in a temporary folder first.
+Without --data-dir, a synthetic dataset (jaxswap.data.datasets.build_synthetic, the config's
+image size) is built in a temporary folder first.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def test_skin_weight_reaches_the_frame_where_the_features_are():
   assert weights.skin.shape == weights.alpha.shape
   to_frame = lambda x, y: np.rint(g.transform_points(g.invert_affine(m), [(x, y)])[0]  # noqa: E731
                                   - (x0, y0)).astype(int)
-  for (x, y), hi in [((x, y), 0.05) for x, y in SKIN_ZERO] + [((x, y), 0.15) for x, y in SKIN_THIN]:
+  for (x, y), hi in [(p, 0.05) for p in SKIN_ZERO] + [(p, 0.15) for p in SKIN_THIN]:
     fx, fy = to_frame(x, y)
     assert weights.skin[fy, fx] < hi, (x, y)
   for x, y in SKIN_ONE[:2]:  # the cheeks (the forehead is outside the extended mask's box)
