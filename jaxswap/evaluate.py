@@ -96,14 +96,20 @@ def reference(path: str, flag: str, num_jitters: int) -> dict:
   if not faces:
     raise JaxswapError(f"no face found in {flag} {path} (looked at {len(picks)} frames); give a "
                        "video or photos in which the person's face is visible and frontal")
-  descriptors = np.stack([f[1].descriptor for f in faces])
+  keep, ref = _subject(np.stack([f[1].descriptor for f in faces]))
+  faces = [f for f, k in zip(faces, keep) if k]
+  return {**ref, "looked_at": len(picks), "crops": [f[2] for f in faces],
+          "poses": [f[3] for f in faces]}
+
+
+def _subject(descriptors: np.ndarray) -> tuple[np.ndarray, dict]:
+  """A reference from sampled faces' descriptors: (mask of the subject's faces, {descriptor: their
+  mean, faces, others (faces of anyone else, left out), spread})."""
   keep = recognise.one_person(descriptors)
-  faces, descriptors = [f for f, k in zip(faces, keep) if k], descriptors[keep]
-  mean = descriptors.mean(0)
-  return {"descriptor": mean, "faces": len(faces), "looked_at": len(picks),
-          "others": int((~keep).sum()),
-          "spread": float(np.linalg.norm(descriptors - mean, axis=1).mean()),
-          "crops": [f[2] for f in faces], "poses": [f[3] for f in faces]}
+  kept = descriptors[keep]
+  mean = kept.mean(0)
+  return keep, {"descriptor": mean, "faces": len(kept), "others": int((~keep).sum()),
+                "spread": float(np.linalg.norm(kept - mean, axis=1).mean())}
 
 
 def _face_record(face: recognise.Face, src: recognise.Face, rgb: np.ndarray, nxt: np.ndarray | None,
@@ -173,12 +179,8 @@ def _b_reference(frames: list[dict], source: str) -> dict:
     raise JaxswapError(f"no face found in the evaluated frames of --source {source}; give "
                        "--identity-b, or a source video in which the face is visible")
   keep = np.unique(np.linspace(0, len(found) - 1, min(len(found), REFERENCE_FACES)).round())
-  descs = np.stack([found[int(k)] for k in keep])
-  same = recognise.one_person(descs)
-  descs = descs[same]
-  return {"descriptor": descs.mean(0), "faces": len(descs), "looked_at": len(frames),
-          "others": int((~same).sum()),
-          "spread": float(np.linalg.norm(descs - descs.mean(0), axis=1).mean())}
+  _, ref = _subject(np.stack([found[int(k)] for k in keep]))
+  return {**ref, "looked_at": len(frames)}
 
 
 def _score_identity(frames: list[dict], ref_a: dict, ref_b: dict) -> None:
