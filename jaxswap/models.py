@@ -143,17 +143,23 @@ def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
   return x.reshape(b, h * r, w * r, oc)
 
 
+def _conv_kwargs(conv: Callable | None) -> dict:
+  """nn.Conv's keyword for a conv primitive of our own (None: lax.conv_general_dilated)."""
+  return {} if conv is None else {"conv_general_dilated": conv}
+
+
 class Upscale(nn.Module):
   """Conv 3x3 to 4*filters, LeakyReLU, pixel shuffle x2."""
   filters: int
   leak: float = 0.1
   dtype: Any = jnp.float32
   initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   @nn.compact
   def __call__(self, x):
     x = nn.Conv(self.filters * 4, (3, 3), padding="SAME", dtype=self.dtype,
-                kernel_init=kernel_init(self.initializer))(x)
+                kernel_init=kernel_init(self.initializer), **_conv_kwargs(self.conv))(x)
     return pixel_shuffle(nn.leaky_relu(x, self.leak))
 
 
@@ -161,30 +167,31 @@ class ResidualBlock(nn.Module):
   """SAEHD residual block: two 3x3 convs, LeakyReLU(0.2) inside and after the sum."""
   dtype: Any = jnp.float32
   initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   @nn.compact
   def __call__(self, x):
     ch = x.shape[-1]
     conv = lambda: nn.Conv(ch, (3, 3), padding="SAME", dtype=self.dtype,
-                           kernel_init=kernel_init(self.initializer))
+                           kernel_init=kernel_init(self.initializer), **_conv_kwargs(self.conv))
     y = nn.leaky_relu(conv()(x), 0.2)
     return nn.leaky_relu(x + conv()(y), 0.2)
 
 
-def _inter(x, s: ModelSpec, dtype, init: str):
+def _inter(x, s: ModelSpec, dtype, init: str, conv: Callable | None):
   """Flat features -> Dense bottleneck -> Dense -> reshape -> Upscale (in the caller's scope)."""
   x = nn.Dense(s.dense, dtype=dtype, kernel_init=kernel_init(init))(x)
   x = nn.Dense(s.latent_res * s.latent_res * s.latent_ch, dtype=dtype,
                kernel_init=kernel_init(init))(x)
   x = x.reshape(x.shape[0], s.latent_res, s.latent_res, s.latent_ch)
-  return Upscale(s.encoder_upscale, s.leak, dtype, init)(x)
+  return Upscale(s.encoder_upscale, s.leak, dtype, init, conv)(x)
 
 
 class Encoder(nn.Module):
   """5x5 stride-2 convs, flattened; a df encoder also holds the shared inter layers.
 
-  `conv` is the conv primitive of the strided convs (None: lax.conv_general_dilated);
-  `create_model` picks `cpu_conv_general_dilated` on the CPU backend.
+  `conv` is the conv primitive of every conv here and in the decoders (None:
+  lax.conv_general_dilated); `create_model` picks `cpu_conv_general_dilated` on the CPU backend.
   """
   spec: ModelSpec
   dtype: Any = jnp.float32
@@ -195,13 +202,12 @@ class Encoder(nn.Module):
   def __call__(self, x):
     s = self.spec
     x = x.astype(self.dtype)
-    extra = {} if self.conv is None else {"conv_general_dilated": self.conv}
     for f in s.encoder_filters:
       conv = nn.Conv(f, (5, 5), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                     kernel_init=kernel_init(self.initializer), **extra)
+                     kernel_init=kernel_init(self.initializer), **_conv_kwargs(self.conv))
       x = nn.leaky_relu(conv(x), s.leak)
     x = x.reshape(x.shape[0], -1)
-    return _inter(x, s, self.dtype, self.initializer) if s.arch == "df" else x
+    return _inter(x, s, self.dtype, self.initializer, self.conv) if s.arch == "df" else x
 
 
 class Inter(nn.Module):
@@ -209,10 +215,11 @@ class Inter(nn.Module):
   spec: ModelSpec
   dtype: Any = jnp.float32
   initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   @nn.compact
   def __call__(self, x):
-    return _inter(x, self.spec, self.dtype, self.initializer)
+    return _inter(x, self.spec, self.dtype, self.initializer, self.conv)
 
 
 class Decoder(nn.Module):
@@ -221,19 +228,22 @@ class Decoder(nn.Module):
   learn_mask: bool = False
   dtype: Any = jnp.float32
   initializer: str = "glorot_uniform"
+  conv: Callable | None = None
 
   def _branch(self, z, filters, out_ch, name):
     s = self.spec
     x = z
     for i, f in enumerate(filters):
-      x = Upscale(f, s.leak, self.dtype, self.initializer, name=f"{name}_upscale{i}")(x)
+      x = Upscale(f, s.leak, self.dtype, self.initializer, self.conv,
+                  name=f"{name}_upscale{i}")(x)
       if s.residual:
-        x = ResidualBlock(self.dtype, self.initializer, name=f"{name}_residual{i}")(x)
+        x = ResidualBlock(self.dtype, self.initializer, self.conv,
+                          name=f"{name}_residual{i}")(x)
     # The output layer runs in float32 even under bf16 compute: sigmoid saturation and the
     # loss are sensitive to the last bits.
     r = 2 if s.half_res_decoder else 1
     x = nn.Conv(out_ch * r * r, (s.out_kernel, s.out_kernel), padding="SAME", dtype=jnp.float32,
-                kernel_init=kernel_init(self.initializer),
+                kernel_init=kernel_init(self.initializer), **_conv_kwargs(self.conv),
                 name=f"{name}_out")(x.astype(jnp.float32))
     return nn.sigmoid(pixel_shuffle(x, r) if r > 1 else x)
 
@@ -256,8 +266,8 @@ class FaceSwapAutoencoder(nn.Module):
 
   def setup(self):
     self.encoder = Encoder(self.spec, self.dtype, self.initializer, self.conv)
-    self.decoder_a = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
-    self.decoder_b = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
+    self.decoder_a = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer, self.conv)
+    self.decoder_b = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer, self.conv)
 
   def encode(self, x):
     return self.encoder(x)
@@ -284,9 +294,9 @@ class LIAEAutoencoder(FaceSwapAutoencoder):
 
   def setup(self):
     self.encoder = Encoder(self.spec, self.dtype, self.initializer, self.conv)
-    self.inter_ab = Inter(self.spec, self.dtype, self.initializer)
-    self.inter_b = Inter(self.spec, self.dtype, self.initializer)
-    self.decoder = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer)
+    self.inter_ab = Inter(self.spec, self.dtype, self.initializer, self.conv)
+    self.inter_b = Inter(self.spec, self.dtype, self.initializer, self.conv)
+    self.decoder = Decoder(self.spec, self.learn_mask, self.dtype, self.initializer, self.conv)
 
   def decode(self, z, identity: int):
     ab = self.inter_ab(z)
@@ -308,11 +318,10 @@ class CodeDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, z):
     x = z.astype(jnp.float32)
-    extra = {} if self.conv is None else {"conv_general_dilated": self.conv}
     for i in range(1 + x.shape[1] // 8):
       k = 4 if i == 0 else 3
       x = nn.Conv(self.filters * min(2 ** i, 8), (k, k), strides=(2, 2), padding="SAME",
-                  kernel_init=kernel_init(self.initializer), **extra)(x)
+                  kernel_init=kernel_init(self.initializer), **_conv_kwargs(self.conv))(x)
       x = nn.leaky_relu(x, self.leak)
     return nn.Conv(1, (1, 1), kernel_init=kernel_init(self.initializer))(x)
 

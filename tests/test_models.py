@@ -116,6 +116,23 @@ def test_patches_conv_equals_the_conv(n, k, s):
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_model_matches_the_plain_convs():
+  """The CPU form (patches) changes no parameter and ~nothing of the loss or its gradients."""
+  spec = models.VARIANTS["original"]
+  cpu = models.autoencoder(spec, conv=models.cpu_conv_general_dilated)
+  plain = models.autoencoder(spec)
+  params = models.init_params(plain, jax.random.PRNGKey(0))
+  assert (jax.tree_util.tree_structure(params) ==
+          jax.tree_util.tree_structure(models.init_params(cpu, jax.random.PRNGKey(0))))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  loss = lambda m: lambda p: jnp.mean(m.apply({"params": p}, x, x)[0]["rgb"] ** 2)
+  (l1, g1), (l2, g2) = (jax.value_and_grad(loss(m))(params) for m in (cpu, plain))
+  np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3,
+                               atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 def _config(name, **kw):
   from jaxswap.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
@@ -186,17 +203,20 @@ def test_auto_init_is_the_variant_reference_and_bad_names_fail():
     models.create_model(_config("tiny", init="orthogonal"))
 
 
-def test_cpu_encoder_goes_through_patches_and_other_backends_do_not(monkeypatch):
-  calls = []
-  real = models.patches_conv
-  monkeypatch.setattr(models, "patches_conv",
-                      lambda x, w, *a: calls.append(x.shape) or real(x, w, *a))
+def test_cpu_model_goes_through_patches_and_other_backends_do_not(monkeypatch):
+  offered, patched = [], []
+  for name, seen in (("cpu_conv_general_dilated", offered), ("patches_conv", patched)):
+    monkeypatch.setattr(models, name, lambda x, w, *a, real=getattr(models, name), seen=seen, **k:
+                        seen.append(x.shape[1:]) or real(x, w, *a, **k))
   assert models.uses_cpu_conv_rewrite("cpu") and not models.uses_cpu_conv_rewrite("gpu")
   cpu = models.create_model(_config("original"), backend="cpu")
   jax.eval_shape(lambda: models.init_params(cpu, jax.random.PRNGKey(0)))
-  # Only the 8x8 -> 4x4 conv (output smaller than the kernel), once per person's pass.
-  assert [shape[1:3] for shape in calls] == [(8, 8), (8, 8)]
-  calls.clear()
+  # Every conv is offered to it: per person 4 in the encoder and 1 in the inter block, then 3
+  # upscales and the output conv in each decoder.
+  assert len(offered) == 2 * 5 + 2 * 4
+  # Only the 8x8 -> 4x4 one (output smaller than the kernel) takes the patches form.
+  assert patched == [(8, 8, 512)] * 2
+  offered.clear()
   gpu = models.create_model(_config("original"), backend="gpu")
   jax.eval_shape(lambda: models.init_params(gpu, jax.random.PRNGKey(0)))
-  assert gpu.conv is None and not calls
+  assert gpu.conv is None and not offered
