@@ -11,6 +11,13 @@ compute the same function (each reports its relative error against the baseline)
   s2d      stride-2 5x5 as space-to-depth + a 3x3 stride-1 conv on 4C channels (stride-2 layers
            only): no strided / lhs-dilated convolution left in forward or backward.
   patches  im2col: lax.conv_general_dilated_patches + one dot (conv as explicit patches + dot).
+  winograd 3x3 stride-1 layers only: Winograd F(2x2, 3x3), i.e. 16 products of (tiles x C_in) by
+           (C_in x C_out) per 2x2 output tile instead of 36 multiply-adds per output pixel and
+           channel pair (2.25x fewer), the input / kernel / output transforms as sums of slices.
+  bf16dot  the k*k strided slices concatenated (as models.patches_conv) in bfloat16, one dot with
+           float32 accumulation: with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+           individual_dot the dot runs in YNNPACK, whose bf16 kernels use AVX-512 BF16 where the
+           CPU has it (~2x its float32 rate on a Zen 4 EPYC); XLA's own bf16 convolutions do not.
   torch    the same layer in PyTorch (oneDNN), NCHW, for reference (--torch).
 GFLOP/s counts 2 x MACs of forward + the two backward products (one for the first layer).
 
@@ -18,8 +25,11 @@ GFLOP/s counts 2 x MACs of forward + the two backward products (one for the firs
 
 times the whole `original` training step (jaxswap.train.make_train_step, augmentation included)
 with the model changed in memory only (jaxswap/ is not edited; parameters are identical):
-  base     jaxswap.models as it is (space-to-depth for stride-2 convs whose output is smaller
-           than their kernel: `original`'s last encoder conv, 8x8 -> 4x4).
+  base     jaxswap.models as it is (models.cpu_conv_general_dilated: patches + one dot for
+           stride-2 convs whose output is smaller than their kernel, `original`'s last encoder
+           conv, 8x8 -> 4x4).
+  winograd base with every 3x3 stride-1 conv (the upscales' and residual blocks') as Winograd
+           F(2x2, 3x3), the `winograd` idea above.
   plain    every conv through lax.conv_general_dilated, as flax.linen.Conv emits it. XLA swaps
            the operands of that 8x8 -> 4x4 conv's input gradient into an rhs-dilated convolution
            that its CPU backend runs as a plain loop (layer E4 above: ~20x slower than s2d).
@@ -94,7 +104,58 @@ def conv_fns():
     # Patch features are ordered (c, kh, kw).
     return jnp.einsum("bhwf,fo->bhwo", p, w.transpose(2, 0, 1, 3).reshape(c * k * k, o))
 
-  return {"base": base, "nchw": nchw, "s2d": s2d, "patches": patches}
+  def winograd(x, w, s):
+    if s != 1 or w.shape[0] != 3:
+      return base(x, w, s)
+    b, h, wd, c = x.shape
+    o = w.shape[-1]
+    th, tw = -(-h // 2), -(-wd // 2)  # 2x2 output tiles
+    xp = jnp.pad(x, ((0, 0), (1, 2 * th - h + 1), (1, 2 * tw - wd + 1), (0, 0)))
+    d = [[xp[:, i:i + 2 * th:2, j:j + 2 * tw:2] for j in range(4)] for i in range(4)]
+    rows = [[_combine(_WINO_BT[p], [d[i][j] for i in range(4)]) for j in range(4)]
+            for p in range(4)]
+    v = jnp.stack([_combine(_WINO_BT[q], rows[p]) for p in range(4) for q in range(4)])
+    g = [[w[i, j] for j in range(3)] for i in range(3)]
+    gr = [[_combine(_WINO_G[p], [g[i][j] for i in range(3)]) for j in range(3)] for p in range(4)]
+    u = jnp.stack([_combine(_WINO_G[q], gr[p]) for p in range(4) for q in range(4)])
+    m = lax.dot_general(v.reshape(16, b * th * tw, c), u, (((2,), (1,)), ((0,), (0,))))
+    m = m.reshape(4, 4, b, th, tw, o)
+    r = [[_combine(_WINO_AT[a], [m[p, q] for p in range(4)]) for q in range(4)] for a in range(2)]
+    y = jnp.stack([jnp.stack([_combine(_WINO_AT[e], r[a]) for e in range(2)], 3)
+                   for a in range(2)], 2)  # (b, th, 2, tw, 2, o)
+    return y.reshape(b, 2 * th, 2 * tw, o)[:, :h, :wd]
+
+  def bf16dot(x, w, s):
+    b, n, _, c = x.shape
+    k, o = w.shape[0], w.shape[-1]
+    lo, hi = _same_pads(n, k, s)
+    m = -(-n // s)
+    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    span = s * (m - 1) + 1
+    p = jnp.concatenate([xp[:, t:t + span:s, u:u + span:s, :]
+                         for t in range(k) for u in range(k)], axis=-1)
+    return lax.dot_general(p, w.astype(jnp.bfloat16).reshape(k * k * c, o),
+                           (((3,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+  return {"base": base, "nchw": nchw, "s2d": s2d, "patches": patches, "winograd": winograd,
+          "bf16dot": bf16dot}
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile.
+_WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINO_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def _combine(coefs, terms):
+  """sum(c * t) over the nonzero coefficients, as adds and subtractions where c is +-1."""
+  out = None
+  for c, t in zip(coefs, terms):
+    if c == 0:
+      continue
+    t = t if c == 1 else -t if c == -1 else c * t
+    out = t if out is None else out + t
+  return out
 
 
 def s2d_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -111,22 +172,37 @@ def s2d_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
                                   preferred_element_type=preferred_element_type)
 
 
+def winograd_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """models.cpu_conv_general_dilated, with float32 3x3 stride-1 "SAME" convs as Winograd."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxswap import models  # pylint: disable=g-import-not-at-top
+  if (tuple(window_strides) == (1, 1) and padding == "SAME" and rhs.shape[:2] == (3, 3)
+      and lhs.dtype == jnp.float32 and not any(kwargs.get(k) not in (None, (1, 1)) for k in
+                                               ("lhs_dilation", "rhs_dilation"))
+      and kwargs.get("feature_group_count", 1) == 1):
+    return conv_fns()["winograd"](lhs, rhs.astype(lhs.dtype), 1)
+  return models.cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
 def variant_model(config, variant: str):
   """The config's model with `variant` applied through the Encoder's `conv` field."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxswap import models  # pylint: disable=g-import-not-at-top
 
   parts = set(variant.split("+"))
-  unknown = parts - {"base", "plain", "s2d_all", "fused"}
-  if unknown or {"plain", "s2d_all"} <= parts:
+  unknown = parts - {"base", "plain", "s2d_all", "fused", "winograd"}
+  conflicting = sorted(parts & {"plain", "s2d_all", "winograd"})
+  if unknown or len(conflicting) > 1:
     raise common.JaxswapError(f"--variants: cannot build {variant!r} (unknown or conflicting "
-                              f"{sorted(unknown) or ['plain', 's2d_all']})")
+                              f"{sorted(unknown) or conflicting})")
   base = models.create_model(config)  # on CPU: small-output stride-2 convs as space-to-depth
   conv = base.conv
   if "plain" in parts:
     conv = None  # lax.conv_general_dilated for every conv
   elif "s2d_all" in parts:
     conv = s2d_conv_general_dilated
+  elif "winograd" in parts:
+    conv = winograd_conv_general_dilated
   cls = type(base)
   if "fused" in parts:
     if base.spec.arch != "df":
@@ -162,10 +238,19 @@ def bench_steps(config, args) -> list[dict]:
                      step_s=timing.median, **timing.spread(), step_times_s=timing.step_s,
                      egs_per_s=2 * args.batch / timing.median, first_loss=first,
                      loss_rel_diff=abs(first - base_loss) / abs(base_loss),
-                     gflop_per_step=common.xla_cost(compiled).get("flops", 0) / 1e9))
+                     gflop_per_step=common.xla_cost(compiled).get("flops", 0) / 1e9,
+                     temp_mb=_temp_mb(compiled)))
     print(f"  {variant}: step {timing.median:.4g} s (min {timing.spread()['min']:.4g}), "
           f"{rows[-1]['egs_per_s']:.4g} EGs/s, first loss {first:.6f}", flush=True)
   return rows
+
+
+def _temp_mb(compiled) -> float | None:
+  """XLA's temporary buffers of one step (memory_analysis), MB; None where it is not reported."""
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes / 1e6
+  except (AttributeError, NotImplementedError):
+    return None
 
 
 def layer_gflop(name: str, batch: int) -> float:
@@ -228,7 +313,7 @@ def main() -> None:
     common.print_table(rows, [("variant", "variant"), ("batch", "batch"),
                               ("compile_s", "compile s"), ("step_s", "step s"),
                               ("min", "min s"), ("rel_iqr", "IQR/med"), ("egs_per_s", "EGs/s"),
-                              ("gflop_per_step", "XLA GFLOP/step"),
+                              ("gflop_per_step", "XLA GFLOP/step"), ("temp_mb", "temp MB"),
                               ("loss_rel_diff", "loss rel diff")])
     common.write_json(args.json, {"command": common.command_line(), "environment": env,
                                   "rows": rows, "load_average_after": common.load_average()})
@@ -239,7 +324,8 @@ def main() -> None:
     gflop = layer_gflop(name, args.batch)
     reference = None
     for idea in args.ideas.split(","):
-      if idea == "s2d" and LAYERS[name][4] != 2:
+      if (idea == "s2d" and LAYERS[name][4] != 2) or (
+          idea == "winograd" and LAYERS[name][3:] != (3, 1)):
         continue
       timing, grads = time_jax(fns[idea], name, args.batch, args.steps, args.warmup)
       if reference is None:
