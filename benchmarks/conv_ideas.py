@@ -66,6 +66,23 @@ def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile.
+_WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINO_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def _combine(coefs, terms):
+  """sum(c * t) over the nonzero coefficients, as adds and subtractions where c is +-1."""
+  out = None
+  for c, t in zip(coefs, terms):
+    if c == 0:
+      continue
+    t = t if c == 1 else -t if c == -1 else c * t
+    out = t if out is None else out + t
+  return out
+
+
 def conv_fns():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
@@ -141,23 +158,6 @@ def conv_fns():
           "bf16dot": bf16dot}
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile.
-_WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINO_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-
-
-def _combine(coefs, terms):
-  """sum(c * t) over the nonzero coefficients, as adds and subtractions where c is +-1."""
-  out = None
-  for c, t in zip(coefs, terms):
-    if c == 0:
-      continue
-    t = t if c == 1 else -t if c == -1 else c * t
-    out = t if out is None else out + t
-  return out
-
-
 def s2d_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                              precision=None, preferred_element_type=None):
@@ -176,16 +176,15 @@ def winograd_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kw
   """models.cpu_conv_general_dilated, with float32 3x3 stride-1 "SAME" convs as Winograd."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxswap import models  # pylint: disable=g-import-not-at-top
+  undilated = all(kwargs.get(k) in (None, (1, 1)) for k in ("lhs_dilation", "rhs_dilation"))
   if (tuple(window_strides) == (1, 1) and padding == "SAME" and rhs.shape[:2] == (3, 3)
-      and lhs.dtype == jnp.float32 and not any(kwargs.get(k) not in (None, (1, 1)) for k in
-                                               ("lhs_dilation", "rhs_dilation"))
-      and kwargs.get("feature_group_count", 1) == 1):
+      and lhs.dtype == jnp.float32 and undilated and kwargs.get("feature_group_count", 1) == 1):
     return conv_fns()["winograd"](lhs, rhs.astype(lhs.dtype), 1)
   return models.cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
 def variant_model(config, variant: str):
-  """The config's model with `variant` applied through the Encoder's `conv` field."""
+  """The config's model with `variant` applied through its `conv` field (every conv's primitive)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxswap import models  # pylint: disable=g-import-not-at-top
 
@@ -195,7 +194,7 @@ def variant_model(config, variant: str):
   if unknown or len(conflicting) > 1:
     raise common.JaxswapError(f"--variants: cannot build {variant!r} (unknown or conflicting "
                               f"{sorted(unknown) or conflicting})")
-  base = models.create_model(config)  # on CPU: small-output stride-2 convs as space-to-depth
+  base = models.create_model(config)  # on CPU: small-output stride-2 convs as patches + dot
   conv = base.conv
   if "plain" in parts:
     conv = None  # lax.conv_general_dilated for every conv
