@@ -14,7 +14,7 @@ compute the same function (each reports its relative error against the baseline)
   winograd 3x3 stride-1 layers only: Winograd F(2x2, 3x3), i.e. 16 products of (tiles x C_in) by
            (C_in x C_out) per 2x2 output tile instead of 36 multiply-adds per output pixel and
            channel pair (2.25x fewer), the input / kernel / output transforms as sums of slices.
-  bf16dot  the k*k strided slices concatenated (as models.patches_conv) in bfloat16, one dot with
+  bf16dot  models.patches_conv in bfloat16 (the k*k strided slices concatenated, one dot) with
            float32 accumulation: with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
            individual_dot the dot runs in YNNPACK, whose bf16 kernels use AVX-512 BF16 where the
            CPU has it (~2x its float32 rate on a Zen 4 EPYC); XLA's own bf16 convolutions do not.
@@ -143,16 +143,9 @@ def conv_fns():
     return y.reshape(b, 2 * th, 2 * tw, o)[:, :h, :wd]
 
   def bf16dot(x, w, s):
-    b, n, _, c = x.shape
-    k, o = w.shape[0], w.shape[-1]
-    lo, hi = _same_pads(n, k, s)
-    m = -(-n // s)
-    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-    span = s * (m - 1) + 1
-    p = jnp.concatenate([xp[:, t:t + span:s, u:u + span:s, :]
-                         for t in range(k) for u in range(k)], axis=-1)
-    return lax.dot_general(p, w.astype(jnp.bfloat16).reshape(k * k * c, o),
-                           (((3,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    from jaxswap import models  # pylint: disable=g-import-not-at-top
+    return models.patches_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), s,
+                               preferred_element_type=jnp.float32)
 
   return {"base": base, "nchw": nchw, "s2d": s2d, "patches": patches, "winograd": winograd,
           "bf16dot": bf16dot}
